@@ -1,0 +1,30 @@
+"""Merge operators on flattened task vectors (semantics: docs/merging.md).
+
+The functions exported here are the fast, chunked implementations from
+:mod:`atm_fl.merge.ops`; :mod:`atm_fl.merge.reference` holds the direct formulations
+they are tested against (bit-identical results).
+"""
+
+from .ops import (
+    dare_drop,
+    merge_breadcrumbs,
+    merge_dare,
+    merge_mean,
+    merge_sum,
+    merge_ties,
+    ties_threshold,
+    ties_trim,
+    ties_trim_mask,
+)
+
+__all__ = [
+    "merge_mean",
+    "merge_sum",
+    "merge_ties",
+    "merge_breadcrumbs",
+    "merge_dare",
+    "dare_drop",
+    "ties_trim_mask",
+    "ties_trim",
+    "ties_threshold",
+]

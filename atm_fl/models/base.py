@@ -1,0 +1,124 @@
+"""What a model family provides: a pretrained backbone, input encoding, and a frozen task head.
+
+A family splits a classifier into a *shared backbone* (inputs -> features; this is
+what ATM fine-tunes and merges) and a *task head* (features -> logits) that stays
+with the task and is frozen. Frozen heads keep the task vector a pure backbone
+quantity, as with CLIP's zero-shot heads in the paper; families without a text
+tower use a linear probe fitted once on pretrained features (see ``fit_probe_head``).
+Because a frozen head is a deterministic function of the pretrained weights, the
+task data and the seed, it persists across rounds by being rebuilt identically
+(cached per process), never by being sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from atm_fl.config import RunConfig
+from atm_fl.tasks.base import TaskSplits
+
+log = logging.getLogger(__name__)
+
+Batch = dict[str, torch.Tensor]
+
+
+class LinearHead(nn.Module):
+    """logits = scale * (features @ weight.T) + bias; frozen after construction."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, scale: float = 1.0):
+        super().__init__()
+        self.register_buffer("weight", weight.detach().float().clone())
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+        self.scale = float(scale)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        logits = self.scale * features @ self.weight.T
+        return logits if self.bias is None else logits + self.bias
+
+
+class ModelFamily(ABC):
+    """A model family: subclasses set ``name`` and implement the abstract methods."""
+
+    name: str = ""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+
+    @abstractmethod
+    def build_backbone(self) -> nn.Module:
+        """The pretrained backbone, ``forward(**inputs) -> features``, trainable params flagged."""
+
+    @abstractmethod
+    def encode(self, split, task: TaskSplits) -> Batch:
+        """Turn a ``datasets.Dataset`` split into tensors; must include ``labels``."""
+
+    def build_head(self, backbone: nn.Module, task: TaskSplits, train: Batch) -> nn.Module:
+        """The task's frozen head; default: a linear probe on pretrained features."""
+        return fit_probe_head(backbone, train, task.num_classes, seed=self.cfg.seed, batch_size=self.cfg.batch_size)
+
+    def describe(self) -> dict:
+        """Provenance for results and README: model name, source, licence."""
+        return {"family": self.name}
+
+
+def iterate(batch: Batch, batch_size: int, order: torch.Tensor | None = None) -> Iterator[Batch]:
+    """Mini-batches of an encoded split, in ``order`` when given."""
+    n = len(batch["labels"])
+    idx = order if order is not None else torch.arange(n)
+    for start in range(0, n, batch_size):
+        sel = idx[start:start + batch_size]
+        yield {k: v[sel] for k, v in batch.items()}
+
+
+def inputs_of(batch: Batch) -> Batch:
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
+@torch.no_grad()
+def extract_features(backbone: nn.Module, data: Batch, batch_size: int, device: str = "cpu") -> torch.Tensor:
+    backbone.eval()
+    feats = [backbone(**{k: v.to(device) for k, v in inputs_of(b).items()}).float().cpu()
+             for b in iterate(data, batch_size)]
+    return torch.cat(feats)
+
+
+def fit_probe_head(backbone: nn.Module, train: Batch, num_classes: int, *, seed: int = 0,
+                   batch_size: int = 64, steps: int = 300, lr: float = 0.05, weight_decay: float = 1e-4,
+                   device: str = "cpu") -> LinearHead:
+    """Fit a softmax-regression head on frozen pretrained features (full batch, Adam).
+
+    Features are standardised first so one learning rate fits every backbone; the
+    standardisation is folded into the returned head's weight and bias.
+    """
+    feats = extract_features(backbone, train, batch_size, device)
+    labels = train["labels"].long()
+    mean, std = feats.mean(0), feats.std(0).clamp_min(1e-6)
+    z = (feats - mean) / std
+    gen = torch.Generator().manual_seed(seed)
+    w = (torch.randn(num_classes, z.shape[1], generator=gen) * 0.01).requires_grad_()
+    b = torch.zeros(num_classes, requires_grad=True)
+    opt = torch.optim.Adam([w, b], lr=lr, weight_decay=weight_decay)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(z @ w.T + b, labels)
+        loss.backward()
+        opt.step()
+    acc = float(((z @ w.T + b).argmax(1) == labels).float().mean())
+    log.info("probe head: %d classes, %d features, train loss %.3f, train acc %.3f", num_classes, z.shape[1], float(loss), acc)
+    with torch.no_grad():
+        weight = w / std
+        bias = b - (mean / std) @ w.T
+    return LinearHead(weight, bias)
+
+
+def subset_indices(n: int, cap: int, seed: int) -> np.ndarray:
+    """A seeded subset of ``cap`` indices out of ``n`` (all of them, shuffled, when cap is 0 or >= n)."""
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(n)
+    return np.sort(idx[:cap]) if 0 < cap < n else np.sort(idx)

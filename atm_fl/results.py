@@ -1,0 +1,104 @@
+"""Run results: per-round per-task metrics, timings and bytes, as JSON and CSV, plus the summary table.
+
+Files under ``<output-dir>/<run-name>/``:
+* ``results.json``: config, model provenance, merged parameter count, per-round records,
+  refusals and failures, final summary; rewritten after every round, so a failed run
+  still leaves what it measured;
+* ``metrics.csv``: one row per (round, task) with every evaluation metric;
+* ``model.safetensors`` (+ ``model.json``): the final merged backbone.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    eval: dict[str, dict[str, float]] = field(default_factory=dict)  # task -> metrics
+    train: dict[str, dict[str, float]] = field(default_factory=dict)  # task -> metrics
+    refused: list[dict[str, str]] = field(default_factory=list)  # {"task", "reason"}
+    failed: list[dict[str, str]] = field(default_factory=list)
+    merge_seconds: float = 0.0
+    round_seconds: float = 0.0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+
+    def average(self, metric: str = "accuracy") -> float:
+        vals = [m[metric] for m in self.eval.values() if metric in m]
+        return sum(vals) / len(vals) if vals else math.nan
+
+
+class RunRecorder:
+    def __init__(self, out_dir: Path, config: dict[str, Any], tasks: list[str], extra: dict[str, Any] | None = None):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.config = config
+        self.tasks = tasks
+        self.extra = dict(extra or {})
+        self.rounds: dict[int, RoundRecord] = {}
+        self.t_start = time.time()
+        self.status = "running"
+        self.error = ""
+
+    def round(self, r: int) -> RoundRecord:
+        return self.rounds.setdefault(r, RoundRecord(r))
+
+    # --- output -----------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        rounds = [dict(vars(rec), average_accuracy=rec.average()) for _, rec in sorted(self.rounds.items())]
+        return {"status": self.status, "error": self.error, "tasks": self.tasks, "config": self.config,
+                **self.extra, "wall_seconds": time.time() - self.t_start, "rounds": rounds,
+                "final": self.final_summary()}
+
+    def final_summary(self) -> dict[str, Any]:
+        evaluated = [r for r in sorted(self.rounds) if self.rounds[r].eval]
+        if not evaluated:
+            return {}
+        last = self.rounds[evaluated[-1]]
+        return {"round": last.round, "average_accuracy": last.average(),
+                "accuracy": {t: m.get("accuracy") for t, m in last.eval.items()}}
+
+    def write(self) -> None:
+        (self.out_dir / "results.json").write_text(json.dumps(self.to_dict(), indent=2, default=float))
+        metric_names = sorted({k for rec in self.rounds.values() for m in rec.eval.values() for k in m})
+        with open(self.out_dir / "metrics.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["round", "task", *metric_names])
+            for r, rec in sorted(self.rounds.items()):
+                for task, m in sorted(rec.eval.items()):
+                    w.writerow([r, task, *[m.get(k, "") for k in metric_names]])
+
+    def summary_table(self) -> str:
+        """Per-round accuracy (%) per task and the average, as fixed-width text."""
+        tasks = self.tasks
+        width = max(8, *(len(t) for t in tasks))
+        head = "round " + " ".join(f"{t:>{width}}" for t in tasks) + f" {'average':>{width}}"
+        lines = [head, "-" * len(head)]
+        for r, rec in sorted(self.rounds.items()):
+            if not rec.eval:
+                continue
+            cells = [f"{100 * rec.eval[t]['accuracy']:>{width}.2f}" if t in rec.eval else f"{'-':>{width}}"
+                     for t in tasks]
+            lines.append(f"{r:>5} " + " ".join(cells) + f" {100 * rec.average():>{width}.2f}")
+        return "\n".join(lines)
+
+
+def save_backbone(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, Any]) -> None:
+    """Save a backbone state dict as safetensors, metadata as strings (safetensors' rule)."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    save_file(tensors, str(path), metadata={k: json.dumps(v) for k, v in metadata.items()})

@@ -1,0 +1,121 @@
+"""The ServerApp: validate the config, find one node per task, run ATM, write results.
+
+Data path: run-config -> tasks -> (clients fine-tune -> task vectors) -> strategy merge
+-> new base -> per-task evaluation -> results.json / metrics.csv / model.safetensors.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime
+from pathlib import Path
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from atm_fl.config import RunConfig, parse_run_config
+from atm_fl.logs import setup_logging
+from atm_fl.models import get_family
+from atm_fl.results import RunRecorder, save_backbone
+from atm_fl.task_vector import Layout, mergeable_keys
+from strategies import registry
+from strategies.atm import ATMStrategy
+
+log = logging.getLogger(__name__)
+app = ServerApp()
+
+
+def discover_tasks(grid: Grid, tasks: list[str], timeout: float, poll: float = 1.0) -> dict[str, int]:
+    """Ask every node which tasks it serves until each task has a node; task -> node id.
+
+    Raises ``RuntimeError`` naming the missing tasks when ``timeout`` passes first.
+    """
+    deadline = time.monotonic() + timeout
+    asked: set[int] = set()
+    serving: dict[str, int] = {}
+    while True:
+        new = [n for n in grid.get_node_ids() if n not in asked]
+        if new:
+            msgs = [Message(RecordDict({"config": ConfigRecord({})}), message_type=MessageType.QUERY, dst_node_id=n)
+                    for n in new]
+            for reply in grid.send_and_receive(msgs, timeout=max(1.0, deadline - time.monotonic())):
+                node = reply.metadata.src_node_id
+                if reply.has_error():
+                    log.warning("node %d did not say which task it serves: %s", node, reply.error.reason)
+                    continue
+                for task in filter(None, str(reply.content["info"]["tasks"]).split(",")):
+                    if task not in tasks:
+                        log.warning("node %d serves task %r, which is not in run-config 'tasks'; ignored", node, task)
+                    elif task in serving:
+                        log.warning("task %r is served by nodes %d and %d; using %d", task, serving[task], node,
+                                    serving[task])
+                    else:
+                        serving[task] = node
+            asked.update(new)
+        missing = [t for t in tasks if t not in serving]
+        if not missing:
+            return {t: serving[t] for t in tasks}
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"no node serves task(s) {', '.join(missing)} after {timeout:g}s ({len(asked)} node(s) answered). "
+                "In simulation use --federation-config \"num-supernodes=N\" with N >= 1; in deployment start a "
+                "SuperNode with --node-config \"task=<name>\" for each task, or raise discovery-timeout.")
+        time.sleep(poll)
+
+
+def output_dir(cfg: RunConfig) -> Path:
+    base = Path(cfg.output_dir).expanduser()
+    if not base.is_absolute():
+        base = Path.cwd() / base
+    name = cfg.run_name or f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.merge_method}"
+    return base / name
+
+
+def run_atm(grid: Grid, cfg: RunConfig) -> RunRecorder:
+    """Run ATM under ``cfg`` on ``grid``; returns the recorder (results are written as it goes)."""
+    method, params = registry.resolve(cfg.merge_method, cfg.merge_params)  # refuse before any training
+    family = get_family(cfg)
+    backbone = family.build_backbone()
+    state = {k: v.detach().clone() for k, v in backbone.state_dict().items()}
+    layout = Layout.of(state, mergeable_keys(backbone))
+    del backbone
+    tasks = cfg.task_list
+    out = output_dir(cfg)
+    recorder = RunRecorder(out, cfg.to_dict(), tasks, extra={
+        "model": family.describe(), "merge": {"method": method.name, "params": params},
+        "merged_parameters": layout.numel, "merged_tensors": len(layout.entries),
+        "backbone_tensors": len(state)})
+    log.info("ATM run -> %s", out)
+    log.info("merging %d of %d backbone tensors (%d parameters) with %s %s, alpha %g", len(layout.entries),
+             len(state), layout.numel, method.name, params, cfg.alpha)
+    try:
+        task_nodes = discover_tasks(grid, tasks, cfg.discovery_timeout)
+        recorder.extra["task_nodes"] = task_nodes
+        strategy = ATMStrategy(method, params, layout, task_nodes, alpha=cfg.alpha,
+                               min_task_fraction=cfg.min_task_fraction, max_norm_ratio=cfg.max_norm_ratio,
+                               seed=cfg.seed, recorder=recorder)
+        result = strategy.start(grid=grid, initial_arrays=ArrayRecord(state), num_rounds=cfg.num_server_rounds,
+                                timeout=cfg.round_timeout, train_config=ConfigRecord({}),
+                                evaluate_config=ConfigRecord({"split": "test"}))
+        final = result.arrays.to_torch_state_dict() if result.arrays is not None else state
+        if cfg.save_model:
+            save_backbone(final, out / "model.safetensors",
+                          {"model": family.describe(), "tasks": tasks, "rounds": cfg.num_server_rounds,
+                           "merge": method.name, "merged_keys": layout.keys})
+        recorder.status = "finished"
+    except BaseException as exc:
+        recorder.status, recorder.error = "failed", f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        recorder.write()
+    log.info("per-round accuracy (%%):\n%s", recorder.summary_table())
+    log.info("results: %s", out)
+    return recorder
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    setup_logging()
+    cfg = parse_run_config(context.run_config)
+    run_atm(grid, cfg)

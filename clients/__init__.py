@@ -1,0 +1,1 @@
+"""Flower ClientApps: thin adapters from Flower messages to ``atm_fl``."""

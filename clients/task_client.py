@@ -1,0 +1,73 @@
+"""The task ClientApp: fine-tunes the broadcast base on its task and returns the task vector.
+
+Which task a node serves:
+* deployment: node config ``task=<name>`` (and optionally ``data-dir=<path>`` for the
+  site's local copy), e.g. ``flower-supernode --node-config "task=mnist data-dir=/srv/mnist"``;
+* simulation: partition ``i`` of ``n`` serves the tasks at positions ``i, i+n, ...`` of
+  run-config ``tasks`` (one task per node when ``num-supernodes`` equals the task count).
+
+The server asks each node which tasks it serves (a ``query`` message) and addresses each
+train/evaluate message to one task by name.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from atm_fl.config import RunConfig, parse_run_config
+from atm_fl.logs import setup_logging
+from atm_fl.runtime import get_task_runtime
+
+log = logging.getLogger(__name__)
+app = ClientApp()
+
+
+def node_tasks(cfg: RunConfig, node_config) -> list[str]:
+    if "task" in node_config:
+        return [str(node_config["task"])]
+    if "partition-id" in node_config:
+        pid, n = int(node_config["partition-id"]), int(node_config["num-partitions"])
+        return [t for i, t in enumerate(cfg.task_list) if i % n == pid]
+    raise ValueError("this node has no task: start the SuperNode with --node-config \"task=<name>\" "
+                     "(and data-dir=<path> for local data).")
+
+
+def _resolve(msg: Message, context: Context) -> tuple[RunConfig, str, str | None]:
+    setup_logging()
+    cfg = parse_run_config(context.run_config)
+    task = str(msg.content["config"]["task"])
+    served = node_tasks(cfg, context.node_config)
+    if task not in served:
+        raise ValueError(f"the server asked this node for task {task!r}, but it serves {served}")
+    data_dir = context.node_config.get("data-dir") or None
+    return cfg, task, (str(data_dir) if data_dir else None)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    cfg = parse_run_config(context.run_config)
+    tasks = node_tasks(cfg, context.node_config)
+    return Message(RecordDict({"info": ConfigRecord({"tasks": ",".join(tasks)})}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    cfg, task, data_dir = _resolve(msg, context)
+    server_round = int(msg.content["config"]["server-round"])
+    runtime = get_task_runtime(cfg, task, data_dir)
+    tv, metrics = runtime.train_round(msg.content["arrays"].to_torch_state_dict(), server_round)
+    return Message(RecordDict({"arrays": ArrayRecord(tv), "metrics": MetricRecord(metrics),
+                               "info": ConfigRecord({"task": task})}), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    cfg, task, data_dir = _resolve(msg, context)
+    runtime = get_task_runtime(cfg, task, data_dir)
+    split = str(msg.content["config"].get("split", "test"))
+    metrics = runtime.evaluate(msg.content["arrays"].to_torch_state_dict(), split)
+    return Message(RecordDict({"metrics": MetricRecord(metrics), "info": ConfigRecord({"task": task})}),
+                   reply_to=msg)

@@ -1,0 +1,1 @@
+"""Presets, sweep runners, report builders and benchmarks."""

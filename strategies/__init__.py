@@ -1,0 +1,1 @@
+"""Server-side Flower strategies for ATM and the registry of merge plugins."""

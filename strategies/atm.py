@@ -1,0 +1,219 @@
+"""The ATM strategy: one message per task, validated task vectors, a plugin merge, base + alpha * m.
+
+``ATMStrategy`` subclasses Flower's ``FedAvg`` and keeps its message plumbing, but:
+
+* it addresses each round's messages to one node per task (from the server's task
+  discovery) instead of sampling, and tells the node which task to run;
+* it keeps the round's base (``aggregate_train`` is not given it);
+* it weights tasks uniformly and merges task vectors with the plugin from the
+  registry; the update is ``base + alpha * merge(task vectors)``;
+* it refuses malformed, non-finite and outlying updates, and fails the round
+  (``RoundFailed``) rather than keep an unchanged model when too few remain;
+* it evaluates the starting model (round 0) on every task before round 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterable
+from typing import Any, Callable
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, Result
+
+from atm_fl.results import RunRecorder
+from atm_fl.task_vector import Layout, apply_update, flatten, unflatten
+from strategies.registry import MergeContext, MergeMethod
+from strategies.validation import check_task_vector, l2_norm, norm_outliers
+
+log = logging.getLogger(__name__)
+
+
+class RoundFailed(RuntimeError):
+    """A round cannot produce a trustworthy merge; the run stops with this message."""
+
+
+class ATMStrategy(FedAvg):
+    """Alternating Tuning and Merging.
+
+    Parameters
+    ----------
+    method : MergeMethod
+        Merge plugin (``strategies.registry``).
+    method_params : dict
+        The plugin's parameters, defaults filled in.
+    layout : Layout
+        Names and shapes of the merged backbone tensors.
+    task_nodes : dict[str, int]
+        Task name -> node id serving it (from discovery).
+    alpha : float (default: 1.0)
+        Server step: ``base + alpha * m``.
+    min_task_fraction : float (default: 1.0)
+        Fraction of tasks whose valid vectors a round needs; fewer raise ``RoundFailed``.
+    max_norm_ratio : float (default: 10.0)
+        Refuse vectors whose norm exceeds this multiple of the round median; 0 disables.
+    seed : int (default: 0)
+        Seeds the plugins' randomness (DARE masks) per round and task.
+    recorder : RunRecorder, optional
+        Receives per-round metrics, refusals, timings and bytes.
+    on_round_end : callable, optional
+        ``on_round_end(server_round, state_dict)`` after each merge (checkpoints).
+    """
+
+    def __init__(self, method: MergeMethod, method_params: dict[str, Any], layout: Layout,
+                 task_nodes: dict[str, int], *, alpha: float = 1.0, min_task_fraction: float = 1.0,
+                 max_norm_ratio: float = 10.0, seed: int = 0, recorder: RunRecorder | None = None,
+                 on_round_end: Callable[[int, dict[str, torch.Tensor]], None] | None = None) -> None:
+        super().__init__(min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1)
+        self.method, self.method_params = method, dict(method_params)
+        self.layout = layout
+        self.task_nodes = dict(task_nodes)
+        self.alpha = alpha
+        self.min_task_fraction = min_task_fraction
+        self.max_norm_ratio = max_norm_ratio
+        self.seed = seed
+        self.recorder = recorder
+        self.on_round_end = on_round_end
+        self._base: dict[str, torch.Tensor] | None = None
+        self._round_started = 0.0
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.task_nodes)
+
+    def summary(self) -> None:
+        log.info("ATM: merge %s %s, alpha %g, %d tasks, %d merged tensors (%d entries)", self.method.name,
+                 self.method_params, self.alpha, len(self.task_nodes), len(self.layout.entries), self.layout.numel)
+
+    # --- messages ------------------------------------------------------------------
+    def _messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, kind: str) -> list[Message]:
+        out = []
+        for task, node in self.task_nodes.items():
+            cfg = ConfigRecord({**dict(config), "server-round": server_round, "task": task})
+            out.append(Message(RecordDict({"arrays": arrays, "config": cfg}), message_type=kind, dst_node_id=node))
+        if self.recorder is not None:
+            self.recorder.round(server_round).bytes_sent += arrays.count_bytes() * len(out)
+        return out
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self._base = arrays.to_torch_state_dict()
+        self._round_started = time.perf_counter()
+        return self._messages(server_round, arrays, config, MessageType.TRAIN)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return self._messages(server_round, arrays, config, MessageType.EVALUATE)
+
+    # --- replies -------------------------------------------------------------------
+    def _task_of(self, msg: Message) -> str:
+        if not msg.has_error() and "info" in msg.content.config_records:
+            return str(msg.content["info"]["task"])
+        by_node = {n: t for t, n in self.task_nodes.items()}
+        return by_node.get(msg.metadata.src_node_id, f"node-{msg.metadata.src_node_id}")
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None,
+                                                                                    MetricRecord | None]:
+        if self._base is None:
+            raise RoundFailed("aggregate_train called before configure_train: the round has no base")
+        rec = self.recorder.round(server_round) if self.recorder is not None else None
+        vectors: dict[str, dict[str, torch.Tensor]] = {}
+        refused: dict[str, str] = {}
+        failed: dict[str, str] = {}
+        train_metrics: dict[str, dict[str, float]] = {}
+        for msg in replies:
+            task = self._task_of(msg)
+            if msg.has_error():
+                failed[task] = f"client error: {msg.error.reason}"
+                continue
+            if rec is not None:
+                rec.bytes_received += msg.content["arrays"].count_bytes()
+            tv = msg.content["arrays"].to_torch_state_dict()
+            reason = check_task_vector(tv, self.layout)
+            if reason:
+                refused[task] = reason
+                continue
+            vectors[task] = tv
+            train_metrics[task] = dict(msg.content["metrics"])
+        missing = [t for t in self.task_nodes if t not in vectors and t not in refused and t not in failed]
+        for t in missing:
+            failed[t] = "no reply before round-timeout"
+        for t, why in norm_outliers({t: l2_norm(v) for t, v in vectors.items()}, self.max_norm_ratio).items():
+            refused[t] = why
+            del vectors[t]
+        for t, why in refused.items():
+            log.warning("round %d: refused task vector of %s: %s", server_round, t, why)
+        for t, why in failed.items():
+            log.warning("round %d: task %s failed: %s", server_round, t, why)
+        if rec is not None:
+            rec.refused = [{"task": t, "reason": r} for t, r in refused.items()]
+            rec.failed = [{"task": t, "reason": r} for t, r in failed.items()]
+            rec.train = train_metrics
+
+        needed = max(1, math.ceil(self.min_task_fraction * len(self.task_nodes) - 1e-9))
+        if len(vectors) < needed:
+            if rec is not None and self.recorder is not None:
+                self.recorder.write()
+            raise RoundFailed(
+                f"round {server_round}: {len(vectors)} usable task vector(s) of {len(self.task_nodes)} "
+                f"(refused: {refused or 'none'}; failed: {failed or 'none'}); the round needs {needed} "
+                f"(min-task-fraction={self.min_task_fraction:g}). Fix the failing clients or lower min-task-fraction.")
+
+        tasks = [t for t in self.task_nodes if t in vectors]
+        t0 = time.perf_counter()
+        flat = [flatten({k: v.float() for k, v in vectors[t].items()}, self.layout) for t in tasks]
+        del vectors
+        ctx = MergeContext(layout=self.layout, tasks=tuple(tasks), server_round=server_round, seed=self.seed)
+        merged = self.method(flat, ctx, **self.method_params)
+        if merged.shape != (self.layout.numel,) or not bool(torch.isfinite(merged).all()):
+            raise RoundFailed(f"round {server_round}: merge {self.method.name!r} returned a "
+                              f"{'non-finite' if merged.shape == (self.layout.numel,) else 'mis-shaped'} vector")
+        new_state = apply_update(self._base, unflatten(merged, self.layout), self.alpha)
+        if rec is not None:
+            rec.merge_seconds = time.perf_counter() - t0
+            rec.round_seconds = time.perf_counter() - self._round_started
+        log.info("round %d: merged %d task vector(s) with %s in %.2fs (|m| = %.4g)", server_round, len(tasks),
+                 self.method.name, time.perf_counter() - t0, float(merged.norm()))
+        if self.on_round_end is not None:
+            self.on_round_end(server_round, new_state)
+        metrics = MetricRecord({f"{t}/{k}": float(v) for t, m in train_metrics.items() for k, v in m.items()}
+                               | {"num-tasks-merged": len(tasks)})
+        return ArrayRecord(new_state), metrics
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        per_task: dict[str, dict[str, float]] = {}
+        for msg in replies:
+            task = self._task_of(msg)
+            if msg.has_error():
+                log.warning("round %d: evaluation of %s failed: %s", server_round, task, msg.error.reason)
+                continue
+            per_task[task] = {k: float(v) for k, v in msg.content["metrics"].items()}
+        if self.recorder is not None:
+            self.recorder.round(server_round).eval = per_task
+            self.recorder.write()
+        if not per_task:
+            return None
+        avg = sum(m["accuracy"] for m in per_task.values()) / len(per_task)
+        log.info("round %d accuracy: %s | average %.2f%%", server_round,
+                 ", ".join(f"{t} {100 * m['accuracy']:.2f}%" for t, m in per_task.items()), 100 * avg)
+        return MetricRecord({f"{t}/accuracy": m["accuracy"] for t, m in per_task.items()} | {"average/accuracy": avg})
+
+    # --- run -----------------------------------------------------------------------
+    def evaluate_round(self, grid: Grid, server_round: int, arrays: ArrayRecord, config: ConfigRecord | None = None,
+                       timeout: float = 3600) -> MetricRecord | None:
+        """One federated evaluation of ``arrays`` on every task (used for round 0)."""
+        replies = grid.send_and_receive(self.configure_evaluate(server_round, arrays, config or ConfigRecord(), grid),
+                                        timeout=timeout)
+        return self.aggregate_evaluate(server_round, replies)
+
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
+              train_config: ConfigRecord | None = None, evaluate_config: ConfigRecord | None = None,
+              evaluate_fn=None) -> Result:
+        """Evaluate the starting model on every task (round 0), then run the rounds."""
+        self.evaluate_round(grid, 0, initial_arrays, evaluate_config, timeout)
+        return super().start(grid=grid, initial_arrays=initial_arrays, num_rounds=num_rounds, timeout=timeout,
+                             train_config=train_config, evaluate_config=evaluate_config, evaluate_fn=evaluate_fn)

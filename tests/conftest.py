@@ -1,0 +1,23 @@
+import logging
+
+import pytest
+
+from tests.inprocess import flower_identity
+
+logging.getLogger("atm_fl").setLevel(logging.INFO)
+
+
+@pytest.fixture
+def identity():
+    """Flower Message construction outside a runtime needs a task identity."""
+    with flower_identity():
+        yield
+
+
+def small_config(tmp_path, **overrides):
+    """A run-config for fast in-process runs on real data with the tiny test backbone."""
+    raw = {"model-family": "tiny-mlp", "tasks": "mnist,optdigits,ising", "num-server-rounds": 2,
+           "max-train-examples": 48, "max-eval-examples": 64, "batch-size": 16, "lr": 0.01,
+           "output-dir": str(tmp_path), "run-name": "run", "discovery-timeout": 5.0}
+    raw.update(overrides)
+    return raw

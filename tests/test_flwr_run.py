@@ -1,0 +1,84 @@
+"""End to end through the real `flwr run` simulation engine (SuperLink + Ray), via `atm-fl run`.
+
+Each test runs with its own FLWR_HOME and local-SuperLink ports, so it never touches a
+developer's SuperLink, and stops the SuperLink it caused to start by PID.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.e2e
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def superlink_pids(port: int) -> list[int]:
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(c.endswith(b"flower-superlink") for c in cmd[:2]) and str(port).encode() in cmd:
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.fixture
+def flwr_env(tmp_path):
+    port, control = free_port(), free_port()
+    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"), "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(port),
+           "FLWR_LOCAL_CONTROL_API_PORT": str(control), "RAY_TMPDIR": str(tmp_path / "ray")}
+    (tmp_path / "ray").mkdir()
+    yield env
+    for pid in superlink_pids(port):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.time() + 20
+    while superlink_pids(port) and time.time() < deadline:
+        time.sleep(0.2)
+    for pid in superlink_pids(port):
+        os.kill(pid, signal.SIGKILL)
+
+
+def atm_fl_run(env, run_config: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "atm_fl.cli", "run", str(ROOT), "--run-config", run_config],
+                          env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_flwr_run_simulation_runs_atm_and_writes_results(tmp_path, flwr_env):
+    out = tmp_path / "runs"
+    proc = atm_fl_run(flwr_env, f"model-family='tiny-mlp' tasks='mnist,optdigits,ising' num-server-rounds=2 "
+                                f"max-train-examples=64 max-eval-examples=64 merge-method='ties' "
+                                f"output-dir='{out}' run-name='e2e'")
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    res = json.loads((out / "e2e" / "results.json").read_text())
+    assert res["status"] == "finished" and [r["round"] for r in res["rounds"]] == [0, 1, 2]
+    assert all(set(r["eval"]) == {"mnist", "optdigits", "ising"} for r in res["rounds"])
+    assert res["merge"]["method"] == "ties" and (out / "e2e" / "model.safetensors").stat().st_size > 0
+    # Three simulated nodes, one per task.
+    assert len(set(res["task_nodes"].values())) == 3
+    assert "per-round accuracy" in log and "average" in log
+
+
+def test_failed_run_gives_nonzero_exit_and_the_reason(tmp_path, flwr_env):
+    proc = atm_fl_run(flwr_env, f"model-family='tiny-mlp' tasks='mnist,optdigits' merge-method='avg' "
+                                f"output-dir='{tmp_path / 'runs'}'")
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0, log[-4000:]
+    assert "not a merge method" in log and "mean" in log

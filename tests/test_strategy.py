@@ -1,0 +1,116 @@
+"""ATMStrategy + ServerApp through an in-process grid: results, failures, refused updates."""
+
+import csv
+import json
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, Error, Message
+from safetensors.torch import load_file
+
+from atm_fl.config import ConfigError, parse_run_config
+from atm_fl.models import get_family
+from atm_fl.server_app import run_atm
+from clients.task_client import app as client_app
+from strategies.atm import RoundFailed
+from tests.conftest import small_config
+from tests.inprocess import SILENT, InProcessGrid
+
+
+def run(tmp_path, faults=None, name="run", **overrides):
+    raw = small_config(tmp_path, **{"run-name": name, **overrides})
+    cfg = parse_run_config(raw)
+    grid = InProcessGrid(client_app, raw, num_nodes=len(cfg.task_list), faults=faults)
+    return run_atm(grid, cfg), grid, tmp_path / name
+
+
+def on_train(change):
+    """A fault that rewrites the node's train replies only."""
+    def fault(msg, reply):
+        return change(msg, reply) if msg.metadata.message_type == "train" else reply
+    return fault
+
+
+def poison(edit):
+    def change(msg, reply):
+        tv = reply.content["arrays"].to_torch_state_dict()
+        reply.content["arrays"] = ArrayRecord(edit(tv))
+        return reply
+    return on_train(change)
+
+
+def test_run_writes_results_for_every_round_and_task(tmp_path, identity):
+    rec, grid, out = run(tmp_path)
+    res = json.loads((out / "results.json").read_text())
+    assert res["status"] == "finished" and [r["round"] for r in res["rounds"]] == [0, 1, 2]
+    for r in res["rounds"]:
+        assert set(r["eval"]) == {"mnist", "optdigits", "ising"}
+        assert r["bytes_sent"] > 0
+    assert res["rounds"][1]["bytes_received"] > 0 and res["rounds"][1]["merge_seconds"] >= 0
+    assert res["config"]["merge-method"] == "mean" and res["merged_parameters"] > 0
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert len(rows) == 9 and {"round", "task", "accuracy", "loss"} <= set(rows[0])
+    # The saved backbone loads strictly into the family's model.
+    backbone = get_family(parse_run_config(small_config(tmp_path))).build_backbone()
+    backbone.load_state_dict(load_file(str(out / "model.safetensors")), strict=True)
+    assert "average" in rec.summary_table()
+
+
+def test_training_changes_the_model_and_accuracy_is_recorded(tmp_path, identity):
+    rec, _, out = run(tmp_path, **{"num-server-rounds": 1})
+    r0, r1 = rec.rounds[0], rec.rounds[1]
+    assert all(0.0 <= m["accuracy"] <= 1.0 for m in r1.eval.values())
+    assert r0.eval != r1.eval
+
+
+def test_unknown_merge_method_is_refused_before_any_message(tmp_path, identity):
+    raw = small_config(tmp_path, **{"merge-method": "avg"})
+    grid = InProcessGrid(client_app, raw, num_nodes=3)
+    with pytest.raises(ConfigError, match="mean"):
+        run_atm(grid, parse_run_config(raw))
+    assert grid.sent == []
+
+
+def test_crashed_client_stops_the_run_by_default(tmp_path, identity):
+    crash = on_train(lambda msg, reply: Message(Error(code=1, reason="CUDA out of memory"), reply_to=msg))
+    with pytest.raises(RoundFailed, match="optdigits.*CUDA out of memory.*min-task-fraction"):
+        run(tmp_path, faults={2: crash})
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["status"] == "failed" and "RoundFailed" in res["error"]
+
+
+def test_silent_client_is_a_failure_not_an_unchanged_model(tmp_path, identity):
+    with pytest.raises(RoundFailed, match="no reply"):
+        run(tmp_path, faults={3: on_train(lambda msg, reply: SILENT)})
+
+
+@pytest.mark.parametrize("edit, reason", [
+    (lambda tv: {k: v.fill_(float("nan")) if i == 0 else v for i, (k, v) in enumerate(tv.items())}, "NaN"),
+    (lambda tv: {k: (v.reshape(-1)[:-1] if i == 1 else v) for i, (k, v) in enumerate(tv.items())}, "shape"),
+    (lambda tv: {**tv, "extra.weight": torch.zeros(3)}, "unexpected"),
+    (lambda tv: dict(list(tv.items())[1:]), "missing"),
+    (lambda tv: {k: v.double() for k, v in tv.items()}, "dtype"),
+    (lambda tv: {k: v * 1e4 for k, v in tv.items()}, "median"),
+])
+def test_bad_update_is_refused_and_merge_equals_the_good_ones_alone(tmp_path, identity, edit, reason):
+    rec, _, out = run(tmp_path, faults={3: poison(edit)}, name="poisoned",
+                      **{"min-task-fraction": 0.5, "num-server-rounds": 1})
+    refused = rec.rounds[1].refused
+    assert [r["task"] for r in refused] == ["ising"] and reason in refused[0]["reason"]
+    # The same run without the poisoned task gives exactly the same model.
+    run(tmp_path, name="clean", **{"tasks": "mnist,optdigits", "num-server-rounds": 1})
+    a, b = load_file(str(out / "model.safetensors")), load_file(str(tmp_path / "clean" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_task_without_a_node_fails_discovery_with_the_fix(tmp_path, identity):
+    raw = small_config(tmp_path, **{"discovery-timeout": 0.5})
+    grid = InProcessGrid(client_app, raw, node_configs=[{"task": "mnist"}, {"task": "optdigits"}])
+    with pytest.raises(RuntimeError, match="ising.*--node-config"):
+        run_atm(grid, parse_run_config(raw))
+
+
+@pytest.mark.parametrize("method", ["sum", "ties", "breadcrumbs", "dare"])
+def test_every_merge_method_runs_end_to_end(tmp_path, identity, method):
+    rec, _, _ = run(tmp_path, **{"merge-method": method, "num-server-rounds": 1})
+    assert rec.status == "finished" and set(rec.rounds[1].eval) == {"mnist", "optdigits", "ising"}
