@@ -97,7 +97,7 @@ def finetune(backbone: nn.Module, head: nn.Module, data: Batch, s: FinetuneSetti
         if s.max_grad_norm > 0:
             nn.utils.clip_grad_norm_(params, s.max_grad_norm)
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if step % log_every == 0 or step == steps:
             log.info("%s step %d/%d loss %.4f", progress_label, step, steps, losses[-1])
     backbone.eval()

@@ -18,7 +18,7 @@ from clients.task_client import app as client_app
 from tests.conftest import small_config
 from tests.inprocess import InProcessGrid
 
-ETA, ALPHA = 0.5, 0.7
+ETA, ALPHA = 0.2, 0.7
 
 
 def gd_step(state, cfg, tasks, lr):
@@ -42,7 +42,7 @@ def gd_step(state, cfg, tasks, lr):
 def test_atm_mean_with_one_full_batch_step_is_gradient_descent(tmp_path, identity, rounds):
     raw = small_config(tmp_path, **{"num-server-rounds": rounds, "optimizer": "sgd", "lr": ETA, "alpha": ALPHA,
                                     "batch-size": 1000, "local-epochs": 1.0, "merge-method": "mean",
-                                    "max-train-examples": 40})
+                                    "max-train-examples": 40, "max-norm-ratio": 0.0})
     cfg = parse_run_config(raw)
     grid = InProcessGrid(client_app, raw, num_nodes=3)
     rec = run_atm(grid, cfg)
@@ -67,7 +67,7 @@ def test_atm_mean_with_one_full_batch_step_is_gradient_descent(tmp_path, identit
 def test_sum_merge_is_not_the_mean_step(tmp_path, identity):
     """Sanity of the check above: with merge 'sum' the result differs from the alpha*eta GD step."""
     raw = small_config(tmp_path, **{"num-server-rounds": 1, "optimizer": "sgd", "lr": ETA, "alpha": ALPHA,
-                                    "batch-size": 1000, "merge-method": "sum", "max-train-examples": 40})
+                                    "batch-size": 1000, "merge-method": "sum", "max-train-examples": 40, "max-norm-ratio": 0.0})
     cfg = parse_run_config(raw)
     run_atm(InProcessGrid(client_app, raw, num_nodes=3), cfg)
     got = load_file(str(tmp_path / "run" / "model.safetensors"))

@@ -1,34 +1,44 @@
-"""Fast merge operators on flattened task vectors (CPU, chunked, bit-identical to the reference).
+"""Fast merge operators on flattened task vectors (CPU, chunked, exact).
 
-Every operator takes ``T >= 1`` one-dimensional float32 tensors of equal length ``d``
-and returns a new float32 tensor of length ``d``; inputs are never modified. The
+Every operator takes ``T >= 1`` one-dimensional float32 CPU tensors of equal length
+``d`` and returns a new float32 tensor of length ``d``; inputs are never modified. The
 semantics are those of docs/merging.md; :mod:`atm_fl.merge.reference` spells them out
-in the most direct way, and every function here returns exactly (bit for bit, up to
-the sign of zero) what its reference twin returns.
+in the most direct way, and every function here returns exactly what its reference
+twin returns (same float32 value in every coordinate; a zero may come back as -0.0).
 
 How the speed is obtained (docs/performance.md, "Merge operators", has the numbers):
 
-* Work runs over ``CHUNK``-sized slices of ``d`` so temporaries stay small and in
-  cache; peak extra memory is the output plus a few chunk buffers (DARE-TIES adds
-  one byte per entry and task for its masks).
-* The TIES trim uses ``hardshrink`` with ``lambda = nextafter(threshold, 0)``: for
-  float32, ``|x| > nextafter(t, 0)`` is exactly ``|x| >= t``, so the trim is one
-  fused op. The threshold itself (the k-th largest magnitude) is found by sampling
-  a bracket, one scan that counts entries above it and collects the few inside it,
-  and ``kthvalue`` on those; it equals ``torch.kthvalue`` on the whole vector.
-* Breadcrumbs row thresholds come from two ``np.partition`` calls on the magnitude
-  bits (vectorised, release the GIL), run for several tasks at once in threads.
-* DARE draws its uniforms chunk by chunk from one ``torch.Generator`` per task; the
-  CPU generator yields the same stream whether drawn at once or in pieces, so the
-  mask equals the reference's full-length draw. Tasks draw in parallel threads.
+* Work is cut into slices of ``CHUNK`` entries (row blocks of about that size for
+  Breadcrumbs) that worker threads take from a shared counter, so a slow thread never
+  holds the others up. The per-slice work is numpy ufuncs with ``out=`` buffers (they
+  release the GIL and run single-threaded, no OpenMP barrier per operation), on
+  buffers that stay in cache. Peak extra memory is the output plus a few buffers per
+  thread (plus the small TIES threshold band, see below).
+* Every per-entry decision is exact integer arithmetic on float32 bit patterns: for
+  ``x >= 0`` the int32 order of the bits is the float order, ``|x|`` is
+  ``bits & 0x7fffffff``, and ``(c - a) >> 31`` (arithmetic shift) is an all-ones or
+  all-zeros mask, so "keep x iff |x| >= t" is four integer ops and no branch.
+* TIES: the k-th largest magnitude is found by sampling a bracket, one scan that
+  counts the entries above it and collects the few inside it, and a selection among
+  those; it equals ``kthvalue`` on the whole vector. The merge itself is then one pass
+  that keeps the trimmed chunks of all tasks in cache, sums them, elects the sign and
+  takes the disjoint mean; coordinates whose elected sign depends on the global
+  majority (trimmed sum exactly 0 with nonzero entries, rare) are redone afterwards.
+* Breadcrumbs: the two order statistics of each row come from ``np.partition``
+  (linear time) on the magnitude bits, not a sort.
+* DARE: the uniforms come from numpy's PCG64, which can jump ahead, so every slice
+  draws its own part of each task's stream independently (see :func:`dare_drop`).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
-from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator, Sequence
+import numbers
+import threading
+import time
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -48,21 +58,30 @@ __all__ = [
     "merge_dare",
 ]
 
-#: Elements per slice of ``d`` (4 MiB of float32). Tests lower it to cross boundaries.
-CHUNK = 1 << 20
-#: Vectors up to this length get the TIES threshold from ``kthvalue`` directly.
+#: Entries per work item (256 KiB of float32). Must be even (DARE jumps its streams by
+#: ``lo / 2`` 64-bit draws). Tests lower it so short vectors cross many boundaries.
+CHUNK = 1 << 16
+#: Vectors up to this length get the TIES threshold by one selection over the whole vector.
 SMALL = 1 << 21
-#: Sample size used to bracket the TIES threshold on long vectors.
+#: Sample size used to bracket the TIES threshold on longer vectors.
 SAMPLE = 1 << 16
+#: Worker threads; ``None`` means ``torch.get_num_threads()``.
+THREADS: int | None = None
 
 _THEN = ("mean", "ties")
+_ABS = np.int32(0x7FFFFFFF)
+_SIGN = np.int32(-(1 << 31))            # 0x80000000 as int32
+_INF_BITS = 0x7F800000
 
 
 # --------------------------------------------------------------------------- validation
 
 def _check_vectors(vectors: Sequence[torch.Tensor], name: str = "vectors") -> list[torch.Tensor]:
-    """Return ``vectors`` as a list of detached tensors after checking T >= 1, 1-D
-    float32 CPU tensors and equal lengths (finite values are the caller's job)."""
+    """Return ``vectors`` as a list of detached contiguous tensors after checking
+    T >= 1, 1-D float32 CPU tensors and equal lengths (finite values are the caller's job)."""
+    if isinstance(vectors, torch.Tensor):
+        raise ValueError(f"{name}: expected a sequence of 1-D tensors, got one tensor of shape "
+                         f"{tuple(vectors.shape)}")
     vs = list(vectors)
     if len(vs) < 1:
         raise ValueError(f"{name}: need at least one task vector (T >= 1), got T=0")
@@ -79,38 +98,48 @@ def _check_vectors(vectors: Sequence[torch.Tensor], name: str = "vectors") -> li
             d = v.numel()
         elif v.numel() != d:
             raise ValueError(f"{name}[{i}]: length {v.numel()} differs from {name}[0] length {d}")
-    return [v.detach() for v in vs]
+    return [v.detach().contiguous() for v in vs]
+
+
+def _is_real(x: object) -> bool:
+    """A real number (Python or numpy), not a bool and not NaN."""
+    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_)) and x == x
 
 
 def _check_density(density: float) -> None:
-    if not (isinstance(density, (int, float)) and 0.0 < density <= 1.0):
+    if not (_is_real(density) and 0.0 < density <= 1.0):
         raise ValueError(f"density={density!r} is out of range; valid: 0 < density <= 1")
 
 
 def _check_band(lower: float, upper: float) -> None:
-    if not (isinstance(lower, (int, float)) and isinstance(upper, (int, float))
-            and 0.0 <= lower < upper <= 1.0):
+    if not (_is_real(lower) and _is_real(upper) and 0.0 <= lower < upper <= 1.0):
         raise ValueError(f"lower={lower!r}, upper={upper!r} are out of range; "
                          "valid: 0 <= lower < upper <= 1")
 
 
 def _check_p(p: float) -> None:
-    if not (isinstance(p, (int, float)) and 0.0 <= p <= 1.0):
+    if not (_is_real(p) and 0.0 <= p <= 1.0):
         raise ValueError(f"p={p!r} is out of range; valid: 0 <= p <= 1")
 
 
+def _check_seed(seed: object, name: str = "seed") -> int:
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral) or int(seed) < 0:
+        raise ValueError(f"{name}={seed!r} is not valid; valid: an int >= 0")
+    return int(seed)
+
+
 def _check_dare(p: float, then: str, density: float, seeds: Sequence[int] | None, T: int) -> list[int]:
-    """Validate DARE arguments; return the per-task seeds (``0..T-1`` when ``None``)."""
+    """Validate DARE arguments; return the per-task seeds (``0 .. T-1`` when ``None``)."""
     _check_p(p)
     if then not in _THEN:
         raise ValueError(f"then={then!r} is not supported; valid: {', '.join(_THEN)}")
     _check_density(density)
     if seeds is None:
         return list(range(T))
-    seeds = [int(s) for s in seeds]
+    seeds = list(seeds)
     if len(seeds) != T:
         raise ValueError(f"seeds: need one seed per task (T={T}), got {len(seeds)}")
-    return seeds
+    return [_check_seed(s, f"seeds[{i}]") for i, s in enumerate(seeds)]
 
 
 def _check_layout(layout: Sequence[tuple[str, tuple[int, ...]]], d: int) -> list[tuple[tuple[int, ...], int]]:
@@ -144,16 +173,6 @@ def _f32(x: float) -> float:
     return float(np.float32(x))
 
 
-def _below(t: float) -> float:
-    """Largest float32 below ``t`` (> -inf); ``|x| > _below(t)`` iff ``|x| >= t`` for float32 ``x``."""
-    return float(np.nextafter(np.float32(t), np.float32(-np.inf)))
-
-
-def _bits(x: float) -> int:
-    """int32 bit pattern of float32 ``x`` (monotone in ``x`` for ``x >= 0``)."""
-    return int(np.array(x, dtype=np.float32).view(np.int32))
-
-
 def _dare_keep_threshold(p: float) -> float:
     """An entry is kept iff its uniform draw ``u >= float32(p)``."""
     return _f32(p)
@@ -164,175 +183,382 @@ def _dare_scale(p: float) -> float:
     return 1.0 if p >= 1.0 else _f32(1.0 / (1.0 - p))
 
 
-def _spans(d: int, chunk: int | None = None) -> Iterator[tuple[int, int]]:
-    step = max(1, chunk or CHUNK)
-    for lo in range(0, d, step):
-        yield lo, min(d, lo + step)
+def _chunk() -> int:
+    return max(2, int(CHUNK) // 2 * 2)
 
 
-def _workers(T: int) -> int:
-    """Threads for per-task work: one per core torch uses, at most one per task."""
-    return max(1, min(T, torch.get_num_threads()))
+def _threads() -> int:
+    return max(1, int(THREADS) if THREADS else torch.get_num_threads())
 
 
-def _map(pool: ThreadPoolExecutor | None, fn: Callable[[int], object], n: int) -> list:
-    return [fn(i) for i in range(n)] if pool is None else list(pool.map(fn, range(n)))
+def _parallel(n: int, fn: Callable[[int, dict], object]) -> list:
+    """``[fn(i, scratch) for i in range(n)]`` on worker threads, results in order.
+
+    Each worker has its own ``scratch`` dict (buffers it may reuse between items) and
+    takes the next item from a shared counter, so the load balances itself.
+    """
+    w = min(_threads(), n)
+    if w <= 1:
+        scratch: dict = {}
+        return [fn(i, scratch) for i in range(n)]
+    results: list = [None] * n
+    counter = itertools.count()
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        scratch: dict = {}
+        try:
+            while not errors:
+                i = next(counter)           # atomic under the GIL
+                if i >= n:
+                    return
+                results[i] = fn(i, scratch)
+        except BaseException as e:          # re-raised in the calling thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, name=f"merge-{j}", daemon=True) for j in range(w)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        raise errors[0]
+    return results
 
 
-def _pool(T: int) -> ThreadPoolExecutor | None:
-    w = _workers(T)
-    return ThreadPoolExecutor(max_workers=w, thread_name_prefix="merge") if w > 1 else None
+def _buf(scratch: dict, key: str, n: int, dtype) -> np.ndarray:
+    """A reusable scratch array of at least ``n`` entries, sliced to ``n``."""
+    a = scratch.get(key)
+    if a is None or a.shape[-1] < n or a.dtype != dtype:
+        a = scratch[key] = np.empty(max(n, _chunk()), dtype)
+    return a[:n]
+
+
+def _buf2(scratch: dict, key: str, rows: int, n: int, dtype) -> np.ndarray:
+    a = scratch.get(key)
+    if a is None or a.shape[0] < rows or a.shape[1] < n or a.dtype != dtype:
+        a = scratch[key] = np.empty((rows, max(n, _chunk())), dtype)
+    return a[:rows, :n]
+
+
+def _np(v: torch.Tensor) -> np.ndarray:
+    return v.numpy()
+
+
+def _bits_of(x: float) -> int:
+    """int32 bit pattern of float32 ``x`` (monotone in ``x`` for ``x >= 0``)."""
+    return int(np.array(x, dtype=np.float32).view(np.int32))
+
+
+def _float_of(bits: int) -> float:
+    return float(np.array(bits, dtype=np.int32).view(np.float32))
 
 
 # --------------------------------------------------------------------------- mean / sum
 
+def _task_sum_into(out: np.ndarray, xs: list[np.ndarray]) -> None:
+    """``out = ((x0 + x1) + x2) + ...`` (task order, the reference's order)."""
+    if len(xs) == 1:
+        np.copyto(out, xs[0])
+        return
+    np.add(xs[0], xs[1], out=out)
+    for x in xs[2:]:
+        np.add(out, x, out=out)
+
+
+def _mean_or_sum(vs: list[torch.Tensor], divide: bool) -> torch.Tensor:
+    d, c = vs[0].numel(), _chunk()
+    out = torch.empty(d, dtype=torch.float32)
+    o, xs, T = _np(out), [_np(v) for v in vs], np.float32(len(vs))
+
+    def item(i: int, scratch: dict) -> None:
+        lo, hi = i * c, min(d, (i + 1) * c)
+        s = o[lo:hi]
+        _task_sum_into(s, [x[lo:hi] for x in xs])
+        if divide:
+            np.divide(s, T, out=s)
+
+    _parallel(-(-d // c), item)
+    return out
+
+
 @torch.no_grad()
 def merge_sum(vectors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Task arithmetic sum ``sum_t tau_t`` (in task order).
+    """Task arithmetic sum, ``sum_t tau_t`` taken in task order.
 
     Parameters
     ----------
-    vectors : sequence of 1-D float32 tensors, all of length d (T >= 1)
+    vectors : sequence of torch.Tensor
+        T >= 1 one-dimensional float32 CPU tensors of equal length d.
 
     Returns
     -------
     torch.Tensor
         New float32 tensor of length d.
     """
-    vs = _check_vectors(vectors)
-    d = vs[0].numel()
-    out = torch.empty(d, dtype=torch.float32)
-    for lo, hi in _spans(d):
-        o = out[lo:hi]
-        if len(vs) == 1:
-            o.copy_(vs[0][lo:hi])
-            continue
-        # Accumulate in a cache-sized slice: one read of each input, one write of out.
-        torch.add(vs[0][lo:hi], vs[1][lo:hi], out=o)
-        for v in vs[2:]:
-            o.add_(v[lo:hi])
-    return out
+    return _mean_or_sum(_check_vectors(vectors), divide=False)
 
 
 @torch.no_grad()
 def merge_mean(vectors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """ATM's merge, the mean ``(1/T) sum_t tau_t`` (task-order sum, then divide by T).
+    """ATM's merge, the mean ``(1/T) sum_t tau_t`` (task-order sum, then divided by T).
 
     Parameters
     ----------
-    vectors : sequence of 1-D float32 tensors, all of length d (T >= 1)
+    vectors : sequence of torch.Tensor
+        T >= 1 one-dimensional float32 CPU tensors of equal length d.
 
     Returns
     -------
     torch.Tensor
         New float32 tensor of length d.
     """
-    vs = _check_vectors(vectors)
-    d = vs[0].numel()
-    out = torch.empty(d, dtype=torch.float32)
-    for lo, hi in _spans(d):
-        o = out[lo:hi]
-        if len(vs) == 1:
-            o.copy_(vs[0][lo:hi])
-        else:
-            torch.add(vs[0][lo:hi], vs[1][lo:hi], out=o)
-            for v in vs[2:]:
-                o.add_(v[lo:hi])
-        o.div_(len(vs))
-    return out
+    return _mean_or_sum(_check_vectors(vectors), divide=True)
 
 
-# --------------------------------------------------------------------------- TIES
+# --------------------------------------------------------------------------- sources
 
 class _Plain:
     """A task vector read as is."""
 
     def __init__(self, v: torch.Tensor):
-        self.v = v
+        self.x = _np(v)
+        self.d = self.x.size
 
-    def chunk(self, lo: int, hi: int, buf: torch.Tensor) -> torch.Tensor:
-        return self.v[lo:hi]
+    def chunk(self, lo: int, hi: int, scratch: dict, key: str) -> np.ndarray:
+        return self.x[lo:hi]
 
-    def take(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.v[idx]
+    def sample(self, idx: np.ndarray) -> np.ndarray:
+        return np.abs(self.x[idx])
 
 
 class _Dropped:
-    """A DARE-dropped task vector, ``x * scale`` where ``keep`` else 0, computed per chunk."""
+    """A DARE-dropped task vector (see :func:`dare_drop`), computed slice by slice.
 
-    def __init__(self, v: torch.Tensor, keep: torch.Tensor, scale: float):
-        self.v, self.keep, self.scale = v, keep, scale
-
-    def chunk(self, lo: int, hi: int, buf: torch.Tensor) -> torch.Tensor:
-        out = buf[:hi - lo]
-        torch.mul(self.v[lo:hi], self.scale, out=out)
-        return out.mul_(self.keep[lo:hi])
-
-    def take(self, idx: torch.Tensor) -> torch.Tensor:
-        return (self.v[idx] * self.scale).mul_(self.keep[idx])
-
-
-def _kth_largest_abs(src, d: int, k: int) -> float:
-    """Exact k-th largest ``|x|`` of a source of length d, for ``1 <= k <= d``.
-
-    A uniform sample brackets the answer in ``[lo, hi]``; one chunked scan counts the
-    entries above ``hi`` and collects the nonzero ones inside the bracket, and a
-    selection among those gives the answer. The scan works on the float32 bit
-    patterns: for ``x >= 0`` their int32 order is the float order, so ``|x|`` is one
-    ``& 0x7fffffff`` and the bracket test one unsigned compare (numpy, which releases
-    the GIL, so tasks scan in parallel threads). If the bracket misses (about 5
-    standard deviations of the sample rank on either side) the whole vector goes
-    through ``kthvalue``; the result is the same either way.
+    Entry i uses the i-th 32-bit word of the task's PCG64 stream, ``r``; numpy's
+    ``random(dtype=float32)`` maps it to ``u = (r >> 8) * 2**-24``, so
+    ``u >= float32(p)`` iff ``(r >> 8) >= ceil(float32(p) * 2**24)``, an integer
+    test. Two words come from each 64-bit draw, low half first; a slice starting at
+    an even ``lo`` jumps the stream by ``lo / 2`` draws.
     """
-    if d <= SMALL:
-        a = src.chunk(0, d, torch.empty(d)).abs()
-        return float(torch.kthvalue(a, d - k + 1).values)
-    gen = torch.Generator().manual_seed(0)
+
+    def __init__(self, v: torch.Tensor, p: float, seed: int):
+        self.x = _np(v)
+        self.d = self.x.size
+        self.p = p
+        self.scale = np.float32(_dare_scale(p))
+        self.k24 = math.ceil(_dare_keep_threshold(p) * (1 << 24))   # keep iff (r >> 8) >= k24
+        self.state = np.random.PCG64(seed).state
+
+    def _keep_mask(self, lo: int, hi: int, scratch: dict) -> np.ndarray:
+        """int32 mask, -1 where entry is kept, 0 where dropped, for ``[lo, hi)``."""
+        bg = scratch.get(("pcg", id(self)))
+        if bg is None:
+            bg = scratch[("pcg", id(self))] = np.random.PCG64(0)
+        bg.state = self.state
+        if lo:
+            bg.advance(lo // 2)                       # lo is even (CHUNK is even)
+        n = hi - lo
+        r = bg.random_raw((n + 1) // 2).view(np.uint32)[:n]
+        np.right_shift(r, np.uint32(8), out=r)
+        m = r.view(np.int32)                          # 0 <= r >> 8 < 2**24
+        np.subtract(np.int32(self.k24 - 1), m, out=m)
+        np.right_shift(m, np.int32(31), out=m)        # -1 iff (r >> 8) >= k24
+        return m
+
+    def chunk(self, lo: int, hi: int, scratch: dict, key: str) -> np.ndarray:
+        out = _buf(scratch, key, hi - lo, np.float32)
+        np.multiply(self.x[lo:hi], self.scale, out=out)
+        oi = out.view(np.int32)
+        np.bitwise_and(oi, self._keep_mask(lo, hi, scratch), out=oi)
+        return out
+
+    def sample(self, idx: np.ndarray) -> np.ndarray:
+        # Only the distribution matters for the bracket (the scan is exact): survivors
+        # are independent of the values, so an independent draw at the sampled
+        # positions has the right distribution.
+        keep = np.random.Generator(np.random.PCG64(1)).random(idx.size, dtype=np.float32) >= np.float32(self.p)
+        return np.abs(self.x[idx] * self.scale) * keep
+
+
+# --------------------------------------------------------------------------- TIES
+
+def _sample_positions(d: int, s: int) -> np.ndarray:
+    """``s`` sorted positions in ``[0, d)``, uniform with replacement, from a fixed seed.
+
+    Only the speed of the TIES threshold search depends on them, never its result
+    (tests replace this function with a deliberately bad sample to check that).
+    """
+    return np.sort(np.random.Generator(np.random.PCG64(0)).integers(0, d, s))
+
+
+def _kth_bits_small(src, d: int, k: int) -> int:
+    """Bits of the k-th largest ``|x|`` by one selection over the whole vector."""
+    x = src.chunk(0, d, {}, "all")
+    ab = np.bitwise_and(x.view(np.int32), _ABS)
+    return int(np.partition(ab, d - k)[d - k])
+
+
+def _bracket(src, d: int, k: int) -> tuple[int, int]:
+    """Bits ``(lo_b, hi_b)`` that very likely bracket the k-th largest magnitude.
+
+    From a uniform sample: the sample's order statistics about 5 standard deviations
+    of the sampled rank on either side of ``k / d``. ``hi_b`` may be +inf's bits (no
+    upper cut), ``lo_b`` is at least 1 (zeros are never collected).
+    """
     s = min(SAMPLE, d)
-    sample = src.take(torch.randint(0, d, (s,), generator=gen).sort().values).abs()
-    sample = sample.sort(descending=True).values
+    sample = np.sort(src.sample(_sample_positions(d, s)))[::-1]        # descending
     q = k / d
     mid, margin = q * s, 5.0 * math.sqrt(s * q * (1.0 - q)) + 2.0
     r_hi, r_lo = math.floor(mid - margin), math.ceil(mid + margin)   # 1-based ranks from the top
-    hi = float(sample[r_hi - 1]) if r_hi >= 1 else math.inf
-    lo = float(sample[r_lo - 1]) if r_lo <= s else 0.0
-    # Zeros are never collected (lo_b >= 1, the smallest subnormal); when lo == 0 the
-    # bracket's zeros are accounted for by counting below.
-    lo_b, hi_b = max(_bits(lo), 1), _bits(hi)
-    width = np.uint32(max(hi_b - lo_b, 0)) if hi_b >= lo_b else None
-    c = min(CHUNK, d)
-    buf, t_buf, m_buf = torch.empty(c), np.empty(c, np.int32), np.empty(c, np.bool_)
-    above, band = 0, []
-    for a, b in _spans(d):
-        n = b - a
-        x = src.chunk(a, b, buf).numpy().view(np.int32)
-        t = np.bitwise_and(x, np.int32(0x7FFFFFFF), out=t_buf[:n])      # bits of |x|
-        if hi < math.inf:
-            above += int(np.count_nonzero(np.greater(t, hi_b, out=m_buf[:n])))
-        if width is not None:
-            np.subtract(t, np.int32(lo_b), out=t)                        # in bracket iff 0 <= t <= width
-            band.append(t[np.less_equal(t.view(np.uint32), width, out=m_buf[:n])])
-    vals = np.concatenate(band) if band else np.empty(0, np.int32)
-    j = k - above                                                   # rank inside the bracket, from the top
-    if 1 <= j <= vals.size:
-        kth = int(np.partition(vals, vals.size - j)[vals.size - j]) + lo_b
-        return float(np.int32(kth).view(np.float32))
-    if j > vals.size and lo == 0.0:
-        return 0.0                                                  # the rest of the bracket is zeros
-    log.debug("TIES threshold bracket missed (k=%d, above=%d, band=%d); full kthvalue", k, above, vals.size)
-    a = torch.cat([src.chunk(x, y, buf).abs() for x, y in _spans(d)])
-    return float(torch.kthvalue(a, d - k + 1).values)
+    hi_b = _bits_of(sample[r_hi - 1]) if r_hi >= 1 else _INF_BITS
+    lo_b = _bits_of(sample[r_lo - 1]) if r_lo <= s else 0
+    return max(lo_b, 1), hi_b
 
 
-def _trim_lambda(src, d: int, density: float) -> float:
-    """``lam`` with ``hardshrink(x, lam)`` == the TIES trim of the source."""
+def _scan_bracket(x: np.ndarray, lo_b: int, hi_b: int, scratch: dict) -> tuple[int, np.ndarray]:
+    """Count of ``|x|`` bits above ``hi_b`` and the bits in ``[lo_b, hi_b]`` (offset by lo_b)."""
+    n = x.size
+    t = np.bitwise_and(x.view(np.int32), _ABS, out=_buf(scratch, "scan_t", n, np.int32))
+    m = _buf(scratch, "scan_m", n, np.bool_)
+    above = int(np.count_nonzero(np.greater(t, np.int32(hi_b), out=m))) if hi_b < _INF_BITS else 0
+    if hi_b < lo_b:
+        return above, np.empty(0, np.int32)
+    np.subtract(t, np.int32(lo_b), out=t)            # in bracket iff 0 <= t <= width (unsigned)
+    np.less_equal(t.view(np.uint32), np.uint32(hi_b - lo_b), out=m)
+    return above, t[m]
+
+
+def _thresholds(sources: list, d: int, density: float) -> list[int]:
+    """Per source, ``thr`` bits such that the TIES trim keeps ``x`` iff ``bits(|x|) >= thr``.
+
+    ``thr`` is the bits of the k-th largest ``|x|``, ``k = int(d * density)``; 0 keeps
+    everything; ``2**31`` (above every bit pattern) keeps nothing (``k == 0``).
+    """
     k = _trim_k(d, density)
     if k == 0:
-        return math.inf                                             # keep nothing
+        return [1 << 31] * len(sources)
     if k == d:
-        return 0.0                                                  # keep all (zeros stay 0)
-    thr = _kth_largest_abs(src, d, k)
-    return _below(thr) if thr > 0 else 0.0
+        return [0] * len(sources)
+    if d <= SMALL:
+        return [_kth_bits_small(s, d, k) for s in sources]
+    t0 = time.perf_counter()
+    brackets = [_bracket(s, d, k) for s in sources]
+    c = _chunk()
+
+    def item(i: int, scratch: dict) -> list[tuple[int, np.ndarray]]:
+        lo, hi = i * c, min(d, (i + 1) * c)
+        return [_scan_bracket(s.chunk(lo, hi, scratch, "src"), lo_b, hi_b, scratch)
+                for s, (lo_b, hi_b) in zip(sources, brackets)]
+
+    parts = _parallel(-(-d // c), item)
+    out = []
+    for t, (src, (lo_b, hi_b)) in enumerate(zip(sources, brackets)):
+        above = sum(p[t][0] for p in parts)
+        vals = np.concatenate([p[t][1] for p in parts])
+        j = k - above                                   # rank inside the bracket, from the top
+        if 1 <= j <= vals.size:
+            out.append(int(np.partition(vals, vals.size - j)[vals.size - j]) + lo_b)
+        elif j > vals.size and lo_b == 1:
+            out.append(0)                               # the rest below the bracket are zeros
+        else:
+            log.debug("TIES threshold bracket missed (task %d: k=%d, above=%d, band=%d); "
+                      "full selection", t, k, above, vals.size)
+            out.append(_kth_bits_small(src, d, k))
+    log.debug("TIES thresholds of %d tasks, d=%d: %.3f s", len(sources), d, time.perf_counter() - t0)
+    return out
+
+
+def _trim_into(x: np.ndarray, thr: int, out: np.ndarray) -> np.ndarray:
+    """``out`` = bits of ``x`` where ``bits(|x|) >= thr``, else 0 (int32 view)."""
+    xi = x.view(np.int32)
+    np.bitwise_and(xi, _ABS, out=out)
+    # (thr - 1 - |x|) < 0 iff |x| >= thr; thr - 1 >= -1 and |x| < 2**31: no overflow.
+    np.subtract(np.int32(thr - 1), out, out=out)
+    np.right_shift(out, np.int32(31), out=out)
+    np.bitwise_and(out, xi, out=out)
+    return out
+
+
+def _ties_item(sources: list, thrs: list[int], lo: int, hi: int, out: np.ndarray, scratch: dict,
+               majority: int | None) -> tuple[int, bool]:
+    """TIES on ``[lo, hi)``: writes ``out[lo:hi]``; returns (sign balance, needs redo).
+
+    ``majority`` None means "not known yet": coordinates whose trimmed sum is 0 take
+    +1, and the item reports whether any such coordinate had a nonzero trimmed entry
+    (then it is redone once the global majority is known).
+    """
+    T, n = len(sources), hi - lo
+    tr = _buf2(scratch, "trim", T, n, np.int32)
+    s = _buf(scratch, "sum", n, np.float32)
+    for t, src in enumerate(sources):
+        _trim_into(src.chunk(lo, hi, scratch, "src"), thrs[t], tr[t])
+        if t == 1:
+            np.add(tr[0].view(np.float32), tr[1].view(np.float32), out=s)
+        elif t > 1:
+            np.add(s, tr[t].view(np.float32), out=s)
+    if T == 1:
+        np.copyto(s, tr[0].view(np.float32))
+    m = _buf(scratch, "mask", n, np.bool_)
+    balance = int(np.count_nonzero(np.greater(s, 0, out=m))) - int(np.count_nonzero(np.less(s, 0, out=m)))
+
+    # g: the elected sign as a sign bit (0 for +, 0x80000000 for -).
+    si = s.view(np.int32)
+    g = np.bitwise_and(si, _SIGN, out=_buf(scratch, "g", n, np.int32))
+    z = None
+    if majority is not None and majority != 1:
+        # z = -1 where the trimmed sum is +-0 (its sign is 0), else 0.
+        z = np.bitwise_and(si, _ABS, out=_buf(scratch, "z", n, np.int32))
+        np.subtract(z, np.int32(1), out=z)
+        np.right_shift(z, np.int32(31), out=z)
+        if majority == -1:
+            np.bitwise_or(g, np.bitwise_and(z, _SIGN), out=g)
+
+    # Disjoint mean: y = trimmed bits with the elected sign flipped off; y > 0 (as int)
+    # iff the entry is nonzero and agrees with the sign, and then y = bits of |x|.
+    num = _buf(scratch, "num", n, np.float32)
+    cnt = _buf(scratch, "cnt", n, np.int32)
+    y = _buf(scratch, "y", n, np.int32)
+    one = _buf(scratch, "one", n, np.int32)
+    for t in range(T):
+        np.bitwise_xor(tr[t], g, out=y)
+        np.maximum(y, 0, out=y)
+        if t == 0:
+            np.copyto(num, y.view(np.float32))
+            np.minimum(y, 1, out=cnt)
+        else:
+            np.add(num, y.view(np.float32), out=num)
+            np.add(cnt, np.minimum(y, 1, out=one), out=cnt)
+    redo = False
+    if majority is None:
+        # Sum exactly 0 with some agreeing (positive) entry: the sign came from the guess.
+        redo = bool(np.any(np.logical_and(np.equal(s, 0, out=m), num > 0)))
+    np.maximum(cnt, 1, out=cnt)
+    o = out[lo:hi]
+    np.divide(num, cnt.astype(np.float32), out=o)      # sums of same-sign values: exact as |.|
+    oi = o.view(np.int32)
+    np.bitwise_or(oi, g, out=oi)
+    if majority == 0:
+        np.bitwise_and(oi, np.invert(z, out=z), out=oi)   # no majority: those coordinates stay 0
+    return balance, redo
+
+
+def _ties_core(sources: list, d: int, density: float) -> torch.Tensor:
+    """TIES over slice sources (see :func:`merge_ties`)."""
+    thrs = _thresholds(sources, d, density)
+    out = torch.empty(d, dtype=torch.float32)
+    o, c = _np(out), _chunk()
+    t0 = time.perf_counter()
+    res = _parallel(-(-d // c), lambda i, sc: _ties_item(sources, thrs, i * c, min(d, (i + 1) * c), o, sc, None))
+    balance = sum(b for b, _ in res)
+    majority = (balance > 0) - (balance < 0)
+    redo = [i for i, (_, r) in enumerate(res) if r]
+    if majority != 1 and redo:
+        _parallel(len(redo), lambda j, sc: _ties_item(sources, thrs, redo[j] * c, min(d, (redo[j] + 1) * c),
+                                                       o, sc, majority))
+    log.debug("TIES merge of %d tasks, d=%d: %.3f s (majority %+d, %d slices redone)", len(sources), d,
+              time.perf_counter() - t0, majority, len(redo) if majority != 1 else 0)
+    return out
 
 
 @torch.no_grad()
@@ -341,9 +567,10 @@ def ties_threshold(vector: torch.Tensor, density: float = 0.2) -> float:
 
     Parameters
     ----------
-    vector : 1-D float32 tensor
+    vector : torch.Tensor
+        One-dimensional float32 CPU tensor of length d.
     density : float, default 0.2
-        Fraction kept, in (0, 1].
+        Fraction kept, ``0 < density <= 1``.
 
     Returns
     -------
@@ -356,7 +583,9 @@ def ties_threshold(vector: torch.Tensor, density: float = 0.2) -> float:
     k = _trim_k(d, density)
     if k == 0:
         return math.inf
-    return _kth_largest_abs(_Plain(v), d, k)
+    if k == d:                                          # the smallest magnitude
+        return _float_of(int(np.bitwise_and(_np(v).view(np.int32), _ABS).min()))
+    return _float_of(_thresholds([_Plain(v)], d, density)[0])
 
 
 @torch.no_grad()
@@ -365,10 +594,16 @@ def ties_trim_mask(vector: torch.Tensor, density: float = 0.2) -> torch.Tensor:
 
     Parameters
     ----------
-    vector : 1-D float32 tensor
+    vector : torch.Tensor
+        One-dimensional float32 CPU tensor.
     density : float, default 0.2
-        Fraction kept, in (0, 1]; entries tied with the threshold are kept, so the
-        mask can hold more than ``int(d * density)`` entries; ``k == 0`` keeps none.
+        Fraction kept, ``0 < density <= 1``. Entries tied with the threshold are kept,
+        so the mask can hold more than ``int(d * density)`` entries; ``k == 0`` keeps none.
+
+    Returns
+    -------
+    torch.Tensor
+        Boolean tensor, same length.
     """
     return vector.abs() >= ties_threshold(vector, density)
 
@@ -379,9 +614,10 @@ def ties_trim(vector: torch.Tensor, density: float = 0.2) -> torch.Tensor:
 
     Parameters
     ----------
-    vector : 1-D float32 tensor
+    vector : torch.Tensor
+        One-dimensional float32 CPU tensor.
     density : float, default 0.2
-        Fraction kept, in (0, 1].
+        Fraction kept, ``0 < density <= 1``.
 
     Returns
     -------
@@ -390,57 +626,11 @@ def ties_trim(vector: torch.Tensor, density: float = 0.2) -> torch.Tensor:
     """
     (v,) = _check_vectors([vector], name="vector")
     _check_density(density)
-    lam = _trim_lambda(_Plain(v), v.numel(), density)
-    return torch.hardshrink(v, lam)
-
-
-def _ties_core(sources: list, d: int, density: float) -> torch.Tensor:
-    """TIES over chunk sources (see :func:`merge_ties`)."""
-    T = len(sources)
-    c = max(1, min(CHUNK, d))
-    # Thresholds of different tasks are independent: scan them in parallel threads.
-    pool = _pool(T)
-    try:
-        lams = _map(pool, lambda t: _trim_lambda(sources[t], d, density), T)
-    finally:
-        if pool is not None:
-            pool.shutdown()
-    log.debug("TIES lambdas %s", lams)
-
+    d, c = v.numel(), _chunk()
+    (thr,) = _thresholds([_Plain(v)], d, density)
     out = torch.empty(d, dtype=torch.float32)
-    src_buf, tmp = torch.empty(c), torch.empty(c)
-    # Pass 1: out = sum_t trim_t in task order; count the signs for the global majority.
-    balance = 0
-    for lo, hi in _spans(d, c):
-        s, b = out[lo:hi], tmp[:hi - lo]
-        torch.hardshrink(sources[0].chunk(lo, hi, src_buf), lams[0], out=s)
-        for t in range(1, T):
-            s.add_(torch.hardshrink(sources[t].chunk(lo, hi, src_buf), lams[t], out=b))
-        # Chunks are < 2**24 entries, so the float32 sum of signs is exact.
-        balance += int(torch.sign(s, out=b).sum())
-    majority = float((balance > 0) - (balance < 0))
-
-    # Pass 2: disjoint mean. With y = x * gamma, an entry agrees with gamma and
-    # survives the trim iff y > lam (gamma = +-1; y = 0 when gamma = 0, never > lam >= 0),
-    # so threshold(y, lam, 0) gives |x| of agreeing entries and 0 elsewhere. Summing
-    # |x| and restoring the sign at the end is exact (rounding is sign-symmetric).
-    gamma, num, cnt = torch.empty(c), torch.empty(c), torch.empty(c)
-    for lo, hi in _spans(d, c):
-        n = hi - lo
-        s, g, nm, ct, y = out[lo:hi], gamma[:n], num[:n], cnt[:n], tmp[:n]
-        torch.sign(s, out=g)
-        if majority != 0.0:
-            # sign(2*g + majority) replaces the zeros of g by the majority and keeps +-1
-            # (three cheap ops; masked_fill with a mostly-false mask is far slower).
-            g.mul_(2.0).add_(majority).sign_()
-        nm.zero_()
-        ct.zero_()
-        for t in range(T):
-            torch.mul(sources[t].chunk(lo, hi, src_buf), g, out=y)
-            torch.nn.functional.threshold_(y, lams[t], 0.0)
-            nm.add_(y)
-            ct.add_(torch.sign(y, out=y))
-        torch.div(nm, ct.clamp_(min=1.0), out=s).mul_(g)
+    o, x = _np(out), _np(v)
+    _parallel(-(-d // c), lambda i, sc: _trim_into(x[i * c:(i + 1) * c], thr, o[i * c:(i + 1) * c].view(np.int32)))
     return out
 
 
@@ -448,18 +638,20 @@ def _ties_core(sources: list, d: int, density: float) -> torch.Tensor:
 def merge_ties(vectors: Sequence[torch.Tensor], density: float = 0.2) -> torch.Tensor:
     """TIES merge (Yadav et al.) with the project's semantics (docs/merging.md).
 
-    1. Trim each task over its whole vector: keep ``|x| >= `` its k-th largest
+    1. Trim each task over its whole vector: keep ``|x| >=`` its k-th largest
        magnitude, ``k = int(d * density)`` (ties kept; ``k == 0`` keeps nothing).
-    2. Elect ``gamma = sign(sum_t trimmed_t)``; where that is 0, use the sign of
-       ``sum(gamma)`` over all coordinates; if that is 0 too the coordinate stays 0.
+    2. Elect ``gamma = sign(sum_t trimmed_t)`` (sum in task order); where that is 0,
+       use the sign of ``sum(gamma)`` over all coordinates; if that is 0 too the
+       coordinate stays 0.
     3. Disjoint mean of the trimmed entries whose sign equals gamma (zeros never
        agree); a coordinate with none gets 0.
 
     Parameters
     ----------
-    vectors : sequence of 1-D float32 tensors, all of length d (T >= 1)
+    vectors : sequence of torch.Tensor
+        T >= 1 one-dimensional float32 CPU tensors of equal length d.
     density : float, default 0.2
-        Fraction kept by the trim, in (0, 1].
+        Fraction kept by the trim, ``0 < density <= 1`` (the ATM paper used 0.15).
 
     Returns
     -------
@@ -478,22 +670,24 @@ def _band_limits(n: int, lower: float, upper: float) -> tuple[int, int]:
     return int(n * lower), int(n * upper)
 
 
-def _band_rows(x: np.ndarray, i_lo: int, i_hi: int, out: np.ndarray) -> None:
-    """``out = x * keep`` for a [rows, n] float32 block, keep as in :func:`merge_breadcrumbs`.
+def _band_rows(x: np.ndarray, i_lo: int, i_hi: int, out: np.ndarray, scratch: dict) -> None:
+    """``out = x`` where kept, 0 elsewhere, for a ``[rows, n]`` float32 block.
 
     Works on the int32 bits of ``|x|`` (same order as the magnitudes). The two order
     statistics come from one ``np.partition`` at ``i_lo`` and a second one on the
-    ``n - i_lo - 1`` entries above it, cheaper than a sort. numpy releases the GIL
-    here, so several tasks run in parallel threads.
+    ``n - i_lo - 1`` entries above it, cheaper than a sort.
     """
-    ab = np.bitwise_and(x.view(np.int32), np.int32(0x7FFFFFFF))
+    rows, n = x.shape
+    ab = _buf(scratch, "bc_ab", rows * n, np.int32).reshape(rows, n)
+    np.bitwise_and(x.view(np.int32), _ABS, out=ab)
     part = np.partition(ab, i_lo, axis=-1)
     lo = part[:, i_lo:i_lo + 1]
     kk = i_hi - 2 - i_lo                    # rank of s[i_hi - 1] among the entries above s[i_lo]
     hi = lo if kk < 0 else np.partition(part[:, i_lo + 1:], kk, axis=-1)[:, kk:kk + 1]
     # lo <= |x| <= hi  iff  0 <= |x| - lo <= hi - lo, one unsigned compare.
     np.subtract(ab, lo, out=ab)
-    keep = np.less_equal(ab.view(np.uint32), (hi - lo).view(np.uint32))
+    keep = _buf(scratch, "bc_keep", rows * n, np.bool_).reshape(rows, n)
+    np.less_equal(ab.view(np.uint32), (hi - lo).view(np.uint32), out=keep)
     np.multiply(x, keep, out=out)
 
 
@@ -502,23 +696,28 @@ def merge_breadcrumbs(vectors: Sequence[torch.Tensor], layout: Sequence[tuple[st
                       lower: float = 0.85, upper: float = 0.993) -> torch.Tensor:
     """Breadcrumbs (Davari & Belilovsky): keep a magnitude band per row, then the mean.
 
-    Each tensor of ``layout`` is cut into rows along its last dimension (a 1-D tensor
-    is one row; a 0-dim tensor is kept whole). For a row of length ``n`` sorted by
-    magnitude ascending into ``s``, with ``i_lo = int(n * lower)`` and
-    ``i_hi = int(n * upper)``, an entry is kept iff ``s[i_lo] <= |x| <= s[i_hi - 1]``.
-    Without ties that is exactly the ranks ``i_lo .. i_hi - 1`` (for n = 768 and the
-    defaults: drop the 652 smallest and the 6 largest, keep 110); entries tied with
-    either edge value are kept too; if ``i_hi <= i_lo`` the row keeps nothing. The
-    result is the task-order sum of the masked vectors divided by T.
+    Each tensor of ``layout`` is cut into rows along its last dimension: a 2-D weight
+    ``[out, in]`` has ``out`` rows of ``in`` entries, a 1-D tensor (bias, LayerNorm
+    weight, embedding vector) is a single row, and a 0-dim tensor is kept whole. For a
+    row of length ``n`` sorted by magnitude ascending into ``s``, with
+    ``i_lo = int(n * lower)`` and ``i_hi = int(n * upper)``, an entry is kept iff
+    ``s[i_lo] <= |x| <= s[i_hi - 1]``. Without ties that is exactly the ranks
+    ``i_lo .. i_hi - 1`` (for n = 768 and the defaults: drop the 652 smallest and the
+    6 largest, keep 110, about 14%); entries tied with either edge value are kept too.
+    If ``i_hi <= i_lo`` the row keeps nothing: with the defaults that is every row of
+    6 or fewer entries. The result is the task-order sum of the masked vectors
+    divided by T.
 
     Parameters
     ----------
-    vectors : sequence of 1-D float32 tensors, all of length d (T >= 1)
-    layout : sequence of (name, shape)
-        The tensors in flatten order; their sizes must add up to d.
+    vectors : sequence of torch.Tensor
+        T >= 1 one-dimensional float32 CPU tensors of equal length d.
+    layout : sequence of (str, tuple of int)
+        ``(name, shape)`` of the tensors in flatten order; their sizes must add up to d.
     lower : float, default 0.85
+        Lower quantile of each row's magnitudes; smaller entries are dropped.
     upper : float, default 0.993
-        Quantiles, ``0 <= lower < upper <= 1``.
+        Upper quantile; larger entries are dropped. ``0 <= lower < upper <= 1``.
 
     Returns
     -------
@@ -528,76 +727,80 @@ def merge_breadcrumbs(vectors: Sequence[torch.Tensor], layout: Sequence[tuple[st
     vs = _check_vectors(vectors)
     _check_band(lower, upper)
     shapes = _check_layout(layout, vs[0].numel())
-    T = len(vs)
-    out = torch.empty(vs[0].numel(), dtype=torch.float32)
-    masked = torch.empty(T, max(1, CHUNK))
-    pool = _pool(T)
-    try:
-        off = 0
-        for shape, numel in shapes:
-            if numel == 0:
-                continue
-            if len(shape) == 0:                       # 0-dim: kept whole
-                out[off:off + 1] = merge_mean([v[off:off + 1] for v in vs])
-                off += 1
-                continue
+    T, d, c = len(vs), vs[0].numel(), _chunk()
+    xs = [_np(v) for v in vs]
+    out = torch.empty(d, dtype=torch.float32)
+    o, Tf = _np(out), np.float32(T)
+
+    # Work items: (offset, rows, n, i_lo, i_hi); rows * n entries, about CHUNK each.
+    items: list[tuple[int, int, int, int, int]] = []
+    off = 0
+    for shape, numel in shapes:
+        if numel == 0:
+            continue
+        if len(shape) == 0:
+            items.append((off, 1, 1, -1, -1))                 # 0-dim: kept whole
+        else:
             n = shape[-1]
             i_lo, i_hi = _band_limits(n, lower, upper)
-            if i_hi <= i_lo:
-                out[off:off + numel] = 0.0
-                off += numel
-                continue
-            rows_per = max(1, CHUNK // n)
-            for r0 in range(0, numel // n, rows_per):
-                r1 = min(numel // n, r0 + rows_per)
-                a, b = off + r0 * n, off + r1 * n
-                m = masked[:, :b - a] if b - a <= masked.shape[1] else torch.empty(T, b - a)
+            rows = numel // n
+            per = max(1, c // n)
+            for r0 in range(0, rows, per):
+                items.append((off + r0 * n, min(per, rows - r0), n, i_lo, i_hi))
+        off += numel
 
-                def mask_task(t: int, a=a, b=b, m=m, rows=r1 - r0) -> None:
-                    x = vs[t][a:b].reshape(rows, n).numpy()
-                    _band_rows(x, i_lo, i_hi, out=m[t].numpy().reshape(rows, n))
+    def item(i: int, scratch: dict) -> None:
+        a, rows, n, i_lo, i_hi = items[i]
+        b = a + rows * n
+        s = o[a:b]
+        if i_lo < 0:
+            _task_sum_into(s, [x[a:b] for x in xs])
+        elif i_hi <= i_lo:
+            s.fill(0.0)
+            return
+        else:
+            m = _buf(scratch, "bc_m", rows * n, np.float32)
+            for t, x in enumerate(xs):
+                dst = s if t == 0 else m
+                _band_rows(x[a:b].reshape(rows, n), i_lo, i_hi, dst.reshape(rows, n), scratch)
+                if t > 0:
+                    np.add(s, m, out=s)
+        np.divide(s, Tf, out=s)
 
-                _map(pool, mask_task, T)
-                o = out[a:b]
-                o.copy_(m[0])
-                for t in range(1, T):
-                    o.add_(m[t])
-                o.div_(T)
-            off += numel
-    finally:
-        if pool is not None:
-            pool.shutdown()
+    t0 = time.perf_counter()
+    _parallel(len(items), item)
+    log.debug("Breadcrumbs of %d tasks, d=%d, %d items: %.3f s", T, d, len(items), time.perf_counter() - t0)
     return out
 
 
 # --------------------------------------------------------------------------- DARE
 
-def _draw(gens: list[torch.Generator], n: int, U: torch.Tensor, pool: ThreadPoolExecutor | None) -> None:
-    """Draw the next ``n`` uniforms of every task into ``U[t, :n]`` (tasks in parallel)."""
-    def draw(t: int) -> None:
-        torch.rand(n, generator=gens[t], out=U[t, :n])
-    _map(pool, draw, len(gens))
-
-
 @torch.no_grad()
 def dare_drop(vector: torch.Tensor, p: float, seed: int) -> torch.Tensor:
     """DARE drop and rescale of one vector.
 
-    The draw is ``u = torch.rand(d, generator=torch.Generator().manual_seed(seed))``
-    (taken here in chunks, which gives the same stream); entry i is kept iff
-    ``u[i] >= float32(p)`` and then multiplied by ``float32(1 / (1 - p))``. ``p == 0``
-    returns a copy, ``p == 1`` returns zeros (no rescale).
+    The uniforms are ``u = numpy.random.Generator(numpy.random.PCG64(seed)).random(d,
+    dtype=numpy.float32)`` (drawn here slice by slice, jumping the stream, which gives
+    the same numbers); entry i is kept iff ``u[i] >= float32(p)`` and then multiplied
+    by ``float32(1 / (1 - p))``. ``p == 0`` returns a copy, ``p == 1`` zeros (no rescale).
 
     Parameters
     ----------
-    vector : 1-D float32 tensor
+    vector : torch.Tensor
+        One-dimensional float32 CPU tensor.
     p : float
-        Drop probability in [0, 1].
+        Drop probability, ``0 <= p <= 1``.
     seed : int
-        Seed of the task's generator.
+        Seed of the task's generator, ``>= 0``.
+
+    Returns
+    -------
+    torch.Tensor
+        New float32 tensor, same length.
     """
     (v,) = _check_vectors([vector], name="vector")
     _check_p(p)
+    seed = _check_seed(seed)
     return merge_dare([v], p=p, then="mean", seeds=[seed])
 
 
@@ -608,15 +811,16 @@ def merge_dare(vectors: Sequence[torch.Tensor], p: float = 0.9, then: str = "mea
 
     Parameters
     ----------
-    vectors : sequence of 1-D float32 tensors, all of length d (T >= 1)
+    vectors : sequence of torch.Tensor
+        T >= 1 one-dimensional float32 CPU tensors of equal length d.
     p : float, default 0.9
-        Drop probability in [0, 1] (see :func:`dare_drop` for the exact mask).
+        Drop probability, ``0 <= p <= 1`` (see :func:`dare_drop` for the exact mask).
     then : {"mean", "ties"}, default "mean"
-        Merge of the dropped vectors.
+        Merge of the dropped vectors: DARE-mean or DARE-TIES.
     density : float, default 0.2
-        TIES density when ``then == "ties"``.
+        TIES density when ``then == "ties"``, ``0 < density <= 1``.
     seeds : sequence of int, optional
-        One generator seed per task; default ``0 .. T-1``.
+        One generator seed (int >= 0) per task; default ``0 .. T-1``.
 
     Returns
     -------
@@ -625,44 +829,29 @@ def merge_dare(vectors: Sequence[torch.Tensor], p: float = 0.9, then: str = "mea
     """
     vs = _check_vectors(vectors)
     seeds = _check_dare(p, then, density, seeds, len(vs))
-    T, d = len(vs), vs[0].numel()
+    T, d, c = len(vs), vs[0].numel(), _chunk()
     if p == 0.0:                                  # keeps everything, scale 1: no draw needed
         return merge_mean(vs) if then == "mean" else merge_ties(vs, density)
     if p == 1.0:                                  # drops everything
         return torch.zeros(d, dtype=torch.float32)
-    keep_at, scale = _dare_keep_threshold(p), _dare_scale(p)
-    keep_lam = _below(keep_at)                    # u > keep_lam  iff  u >= keep_at (> 0)
-    gens = [torch.Generator().manual_seed(s) for s in seeds]
-    c = max(1, min(CHUNK, d))
-    U = torch.empty(T, c)
-    pool = _pool(T)
-    try:
-        if then == "ties":
-            # One byte per entry and task for the masks, so the three TIES passes see
-            # the same drop without redrawing.
-            keep = torch.empty(T, d, dtype=torch.bool)
-            for lo, hi in _spans(d, c):
-                _draw(gens, hi - lo, U, pool)
-                torch.ge(U[:, :hi - lo], keep_at, out=keep[:, lo:hi])
-            del U
-        else:
-            out = torch.empty(d, dtype=torch.float32)
-            buf = torch.empty(c)
-            for lo, hi in _spans(d, c):
-                n = hi - lo
-                _draw(gens, n, U, pool)
-                o = out[lo:hi]
-                for t in range(T):
-                    # threshold+sign turns u into the 0/1 keep factor (u >= p > 0 when kept).
-                    k = torch.nn.functional.threshold_(U[t, :n], keep_lam, 0.0).sign_()
-                    xs = torch.mul(vs[t][lo:hi], scale, out=buf[:n])
-                    if t == 0:
-                        torch.mul(xs, k, out=o)
-                    else:
-                        o.addcmul_(xs, k)
-                o.div_(T)
-            return out
-    finally:
-        if pool is not None:
-            pool.shutdown()
-    return _ties_core([_Dropped(v, keep[t], scale) for t, v in enumerate(vs)], d, density)
+    sources = [_Dropped(v, p, s) for v, s in zip(vs, seeds)]
+    if then == "ties":
+        return _ties_core(sources, d, density)
+    out = torch.empty(d, dtype=torch.float32)
+    o, Tf = _np(out), np.float32(T)
+
+    def item(i: int, scratch: dict) -> None:
+        lo, hi = i * c, min(d, (i + 1) * c)
+        s = o[lo:hi]
+        for t, src in enumerate(sources):
+            x = src.chunk(lo, hi, scratch, "src")
+            if t == 0:
+                np.copyto(s, x)
+            else:
+                np.add(s, x, out=s)
+        np.divide(s, Tf, out=s)
+
+    t0 = time.perf_counter()
+    _parallel(-(-d // c), item)
+    log.debug("DARE-mean of %d tasks, d=%d: %.3f s", T, d, time.perf_counter() - t0)
+    return out

@@ -2,7 +2,7 @@
 
 Each function here is the plain reading of the definition in docs/merging.md (the
 project's merge semantics): whole-vector ``torch.kthvalue`` for the TIES trim, a full
-sort of every row for Breadcrumbs, a full-length Bernoulli mask for DARE, and masks
+sort of every row for Breadcrumbs, a full-length uniform draw and mask for DARE, and masks
 over the stacked ``[T, d]`` matrix. They are slow and memory-hungry on purpose: the
 fast operators in :mod:`atm_fl.merge.ops` must return *bit-identical* results, and
 the tests and ``experiments/bench_merge.py`` check that.
@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from .ops import (
@@ -26,6 +27,8 @@ from .ops import (
     _check_dare,
     _check_density,
     _check_layout,
+    _check_p,
+    _check_seed,
     _check_vectors,
     _dare_keep_threshold,
     _dare_scale,
@@ -154,14 +157,15 @@ def merge_breadcrumbs(vectors: Sequence[torch.Tensor], layout: Sequence[tuple[st
 def dare_drop(vector: torch.Tensor, p: float, seed: int) -> torch.Tensor:
     """DARE drop and rescale of one vector with a full-length mask.
 
-    ``u = torch.rand(d, generator=torch.Generator().manual_seed(seed))``; entry ``i`` is
-    kept iff ``u[i] >= float32(p)``; kept entries are multiplied by ``1/(1-p)``
-    (by 1 when ``p == 1``, where everything is dropped).
+    ``u = numpy.random.Generator(numpy.random.PCG64(seed)).random(d, dtype=float32)``;
+    entry ``i`` is kept iff ``u[i] >= float32(p)``; kept entries are multiplied by
+    ``float32(1/(1-p))`` (by 1 when ``p == 1``, where everything is dropped).
     """
     (v,) = _check_vectors([vector], name="vector")
-    _check_dare(p, "mean", 0.2, [seed], 1)
-    u = torch.rand(v.numel(), generator=torch.Generator().manual_seed(int(seed)))
-    keep = u >= _dare_keep_threshold(p)
+    _check_p(p)
+    seed = _check_seed(seed)
+    u = np.random.Generator(np.random.PCG64(seed)).random(v.numel(), dtype=np.float32)
+    keep = torch.from_numpy(u) >= _dare_keep_threshold(p)
     return torch.where(keep, v * _dare_scale(p), 0.0)
 
 

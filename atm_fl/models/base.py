@@ -42,6 +42,46 @@ class LinearHead(nn.Module):
         return logits if self.bias is None else logits + self.bias
 
 
+class PrototypeHead(nn.Module):
+    """logits = scale * cos(features - center, prototype_c); frozen after construction.
+
+    The offline analogue of CLIP's zero-shot head: one unit-norm embedding per class
+    and a fixed logit scale, with no fitted weights that could overfit the train split.
+    """
+
+    def __init__(self, prototypes: torch.Tensor, center: torch.Tensor, scale: float = 10.0):
+        super().__init__()
+        self.register_buffer("prototypes", nn.functional.normalize(prototypes.detach().float(), dim=-1))
+        self.register_buffer("center", center.detach().float().clone())
+        self.scale = float(scale)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        z = nn.functional.normalize(features.float() - self.center, dim=-1)
+        return self.scale * z @ self.prototypes.T
+
+
+def fit_prototype_head(backbone: nn.Module, train: Batch, num_classes: int, *, batch_size: int = 64,
+                       scale: float = 10.0, device: str = "cpu") -> PrototypeHead:
+    """Class-mean head on pretrained features: center, normalise, average per class.
+
+    Raises ``ValueError`` naming the classes with no training example.
+    """
+    feats = extract_features(backbone, train, batch_size, device)
+    labels = train["labels"].long()
+    center = feats.mean(0)
+    z = nn.functional.normalize(feats - center, dim=-1)
+    counts = torch.bincount(labels, minlength=num_classes)
+    if bool((counts == 0).any()):
+        missing = [int(c) for c in torch.nonzero(counts == 0).flatten()]
+        raise ValueError(f"no training example of class(es) {missing}: the head needs at least one per class; "
+                         "raise max-train-examples or fix the task's data")
+    protos = torch.zeros(num_classes, z.shape[1]).index_add_(0, labels, z) / counts[:, None]
+    head = PrototypeHead(protos, center, scale)
+    acc = float((head(feats).argmax(1) == labels).float().mean())
+    log.info("prototype head: %d classes, %d features, train acc %.3f", num_classes, z.shape[1], acc)
+    return head
+
+
 class ModelFamily(ABC):
     """A model family: subclasses set ``name`` and implement the abstract methods."""
 
@@ -59,8 +99,8 @@ class ModelFamily(ABC):
         """Turn a ``datasets.Dataset`` split into tensors; must include ``labels``."""
 
     def build_head(self, backbone: nn.Module, task: TaskSplits, train: Batch) -> nn.Module:
-        """The task's frozen head; default: a linear probe on pretrained features."""
-        return fit_probe_head(backbone, train, task.num_classes, seed=self.cfg.seed, batch_size=self.cfg.batch_size)
+        """The task's frozen head; default: class prototypes of pretrained features."""
+        return fit_prototype_head(backbone, train, task.num_classes, batch_size=self.cfg.batch_size)
 
     def describe(self) -> dict:
         """Provenance for results and README: model name, source, licence."""
@@ -98,7 +138,10 @@ def fit_probe_head(backbone: nn.Module, train: Batch, num_classes: int, *, seed:
     """
     feats = extract_features(backbone, train, batch_size, device)
     labels = train["labels"].long()
-    mean, std = feats.mean(0), feats.std(0).clamp_min(1e-6)
+    mean, std = feats.mean(0), feats.std(0)
+    # Floor the scale: a near-constant feature would get a huge folded weight, and the
+    # first fine-tuning step that moves it would blow the logits (and the update) up.
+    std = std.clamp_min(max(float(std.mean()) * 0.1, 1e-6))
     z = (feats - mean) / std
     gen = torch.Generator().manual_seed(seed)
     w = (torch.randn(num_classes, z.shape[1], generator=gen) * 0.01).requires_grad_()
@@ -110,7 +153,7 @@ def fit_probe_head(backbone: nn.Module, train: Batch, num_classes: int, *, seed:
         loss.backward()
         opt.step()
     acc = float(((z @ w.T + b).argmax(1) == labels).float().mean())
-    log.info("probe head: %d classes, %d features, train loss %.3f, train acc %.3f", num_classes, z.shape[1], float(loss), acc)
+    log.info("probe head: %d classes, %d features, train loss %.3f, train acc %.3f", num_classes, z.shape[1], loss.item(), acc)
     with torch.no_grad():
         weight = w / std
         bias = b - (mean / std) @ w.T
