@@ -34,6 +34,14 @@ FLWR_ENV = {
 }
 
 
+def flwr_executable() -> str:
+    """The ``flwr`` CLI of this interpreter's environment (an un-activated venv has it beside python)."""
+    import shutil
+
+    beside = Path(sys.executable).with_name("flwr")
+    return str(beside) if beside.exists() else (shutil.which("flwr") or "flwr")
+
+
 def _local_superlinks() -> list[int]:
     pids = []
     for proc in Path("/proc").glob("[0-9]*"):
@@ -92,8 +100,10 @@ def run(argv: list[str] | None = None) -> int:
     p.add_argument("--federation-config", default=None, help="as for flwr run")
     args, extra = p.parse_known_args(argv)
     env = {**os.environ, **FLWR_ENV}
+    # flwr starts flower-superlink (and Ray its workers) by name: put this environment first.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     os.environ.update(FLWR_ENV)
-    cmd = ["flwr", "run", args.app]
+    cmd = [flwr_executable(), "run", args.app]
     if args.federation:
         cmd.append(args.federation)
     for rc in args.run_config:
@@ -131,7 +141,7 @@ def run(argv: list[str] | None = None) -> int:
 
 def run_status(run_id: str, federation: str | None = None) -> str:
     """``<status>:<sub-status>`` of a run as ``flwr ls`` reports it, e.g. ``finished:completed``."""
-    cmd = ["flwr", "ls", *([federation] if federation else []), "--run-id", str(run_id), "--format", "json"]
+    cmd = [flwr_executable(), "ls", *([federation] if federation else []), "--run-id", str(run_id), "--format", "json"]
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **FLWR_ENV})
     try:
         runs = json.loads(out.stdout).get("runs", [])

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,10 +44,12 @@ def superlink_pids(port: int) -> list[int]:
 @pytest.fixture
 def flwr_env(tmp_path):
     port, control = free_port(), free_port()
+    # Ray's socket paths must stay under 107 bytes: a short temp dir, not pytest's tmp_path.
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"), "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(port),
-           "FLWR_LOCAL_CONTROL_API_PORT": str(control), "RAY_TMPDIR": str(tmp_path / "ray")}
-    (tmp_path / "ray").mkdir()
+           "FLWR_LOCAL_CONTROL_API_PORT": str(control), "RAY_TMPDIR": ray_tmp}
     yield env
+    shutil.rmtree(ray_tmp, ignore_errors=True)
     for pid in superlink_pids(port):
         os.kill(pid, signal.SIGTERM)
     deadline = time.time() + 20
