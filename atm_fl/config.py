@@ -75,6 +75,9 @@ KEYS: tuple[Key, ...] = (
     Key("max-eval-examples", 500, "Cap on examples per task for evaluation (seeded subset); 0 = all.",
         check=_non_negative, expect="an integer >= 0"),
     Key("device", "auto", "Client device: 'auto' (cuda if available), 'cpu' or 'cuda'.", choices=("auto", "cpu", "cuda")),
+    Key("precision", "fp32",
+        "Client arithmetic on CUDA: 'fp32'; 'bf16' (autocast, fp32 weights); 'fp16' (autocast + gradient scaling). "
+        "Ignored on the CPU.", choices=("fp32", "bf16", "fp16")),
     # --- robustness ----------------------------------------------------------------------
     Key("min-task-fraction", 1.0,
         "Fraction of tasks whose task vectors a round needs; fewer valid replies stop the run.",
@@ -82,6 +85,15 @@ KEYS: tuple[Key, ...] = (
     Key("max-norm-ratio", 10.0,
         "Refuse a task vector whose L2 norm exceeds this multiple of the round's median (>= 3 tasks); 0 disables.",
         check=_non_negative, expect="a number >= 0"),
+    # --- upload compression (client side; docs/performance.md) ---------------------------
+    Key("upload-compression", "none",
+        "Task-vector upload: 'none' (dense float32), 'fp16' (dense float16), or a client-side sparsifier that "
+        "sends only kept entries and their int32 indices: 'topk' (largest magnitudes), 'ties-trim' (TIES' trim "
+        "step), 'dare' (seeded random drop, kept entries rescaled).",
+        choices=("none", "fp16", "topk", "ties-trim", "dare")),
+    Key("upload-density", 0.1, "Fraction of entries a sparsifying upload keeps (topk, ties-trim, dare).",
+        check=lambda x: 0.0 < x <= 1.0, expect="a number in (0, 1]"),
+    Key("upload-values", "fp32", "Value type of sparse uploads: 'fp32' or 'fp16'.", choices=("fp32", "fp16")),
     Key("round-timeout", 3600.0, "Seconds the server waits for a round's replies.",
         check=_positive, expect="a number > 0"),
     Key("discovery-timeout", 120.0, "Seconds the server waits for one node per task to connect.",

@@ -62,11 +62,12 @@ class TaskRuntime:
 
     def train_round(self, base: dict[str, torch.Tensor], server_round: int) -> tuple[dict[str, torch.Tensor], dict]:
         """Fine-tune from ``base`` and return (task vector over mergeable keys, metrics)."""
+        # load_state_dict copies into the backbone's own parameters, so ``base`` stays
+        # the round's starting point without another copy.
         self.load(base)
-        base_copy = {k: base[k].detach().clone() for k in self.keys}
         metrics = finetune(self.backbone, self.head, self.train, self.settings, round_index=server_round,
                            seed=self.cfg.seed, progress_label=f"[{self.name} r{server_round}]")
-        tv = task_vector({k: v.cpu() for k, v in self.backbone.state_dict().items()}, base_copy, self.keys)
+        tv = task_vector({k: v.cpu() for k, v in self.backbone.state_dict().items()}, base, self.keys)
         metrics["update-norm"] = float(torch.sqrt(sum((t.double() ** 2).sum() for t in tv.values())))
         return tv, metrics
 
@@ -74,7 +75,7 @@ class TaskRuntime:
         self.load(state)
         data = {"test": self.test, "val": self.val, "train": self.train}[split]
         return evaluate(self.backbone, self.head, data, self.cfg.batch_size * 2, self.settings.device,
-                        self.metric_names)
+                        self.metric_names, precision=self.settings.precision)
 
 
 _RUNTIMES: dict[tuple, TaskRuntime] = {}

@@ -17,9 +17,11 @@ import logging
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from atm_fl.compression import encode_upload, upload_seed
 from atm_fl.config import RunConfig, parse_run_config
 from atm_fl.logs import setup_logging
 from atm_fl.runtime import get_task_runtime
+from atm_fl.task_vector import Layout
 
 log = logging.getLogger(__name__)
 app = ClientApp()
@@ -59,8 +61,10 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(msg.content["config"]["server-round"])
     runtime = get_task_runtime(cfg, task, data_dir)
     tv, metrics = runtime.train_round(msg.content["arrays"].to_torch_state_dict(), server_round)
-    return Message(RecordDict({"arrays": ArrayRecord(tv), "metrics": MetricRecord(metrics),
-                               "info": ConfigRecord({"task": task})}), reply_to=msg)
+    arrays, encoding = encode_upload(tv, Layout.of(tv, runtime.keys), cfg.upload_compression, cfg.upload_density,
+                                     cfg.upload_values, upload_seed(cfg.seed, server_round, task))
+    return Message(RecordDict({"arrays": ArrayRecord(arrays), "metrics": MetricRecord(metrics),
+                               "info": ConfigRecord({"task": task, "encoding": encoding})}), reply_to=msg)
 
 
 @app.evaluate()

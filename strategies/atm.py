@@ -25,10 +25,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 
+from atm_fl.compression import decode_sparse
 from atm_fl.results import RunRecorder
 from atm_fl.task_vector import Layout, apply_update, flatten, unflatten
 from strategies.registry import MergeContext, MergeMethod
-from strategies.validation import check_task_vector, l2_norm, norm_outliers
+from strategies.validation import check_task_vector, norm_outliers
 
 log = logging.getLogger(__name__)
 
@@ -116,12 +117,26 @@ class ATMStrategy(FedAvg):
         by_node = {n: t for t, n in self.task_nodes.items()}
         return by_node.get(msg.metadata.src_node_id, f"node-{msg.metadata.src_node_id}")
 
+    def _decode(self, msg: Message) -> tuple[torch.Tensor | None, str | None]:
+        """The reply's task vector as one flat float32 vector in layout order, or the reason it is refused."""
+        info = msg.content.config_records.get("info")
+        encoding = str(info.get("encoding", "dense")) if info is not None else "dense"
+        tensors = msg.content["arrays"].to_torch_state_dict()
+        if encoding == "sparse":
+            return decode_sparse(tensors, self.layout)
+        if encoding != "dense":
+            return None, f"unknown upload encoding {encoding!r} (expected 'dense' or 'sparse')"
+        reason = check_task_vector(tensors, self.layout)
+        if reason:
+            return None, reason
+        return flatten(tensors, self.layout), None
+
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None,
                                                                                     MetricRecord | None]:
         if self._base is None:
             raise RoundFailed("aggregate_train called before configure_train: the round has no base")
         rec = self.recorder.round(server_round) if self.recorder is not None else None
-        vectors: dict[str, dict[str, torch.Tensor]] = {}
+        vectors: dict[str, torch.Tensor] = {}  # task -> flat float32 task vector
         refused: dict[str, str] = {}
         failed: dict[str, str] = {}
         train_metrics: dict[str, dict[str, float]] = {}
@@ -132,17 +147,17 @@ class ATMStrategy(FedAvg):
                 continue
             if rec is not None:
                 rec.bytes_received += msg.content["arrays"].count_bytes()
-            tv = msg.content["arrays"].to_torch_state_dict()
-            reason = check_task_vector(tv, self.layout)
+            flat, reason = self._decode(msg)
             if reason:
                 refused[task] = reason
                 continue
-            vectors[task] = tv
+            vectors[task] = flat
             train_metrics[task] = dict(msg.content["metrics"])
         missing = [t for t in self.task_nodes if t not in vectors and t not in refused and t not in failed]
         for t in missing:
             failed[t] = "no reply before round-timeout"
-        for t, why in norm_outliers({t: l2_norm(v) for t, v in vectors.items()}, self.max_norm_ratio).items():
+        norms = {t: float(torch.linalg.vector_norm(v, dtype=torch.float64)) for t, v in vectors.items()}
+        for t, why in norm_outliers(norms, self.max_norm_ratio).items():
             refused[t] = why
             del vectors[t]
         for t, why in refused.items():
@@ -165,7 +180,7 @@ class ATMStrategy(FedAvg):
 
         tasks = [t for t in self.task_nodes if t in vectors]
         t0 = time.perf_counter()
-        flat = [flatten({k: v.float() for k, v in vectors[t].items()}, self.layout) for t in tasks]
+        flat = [vectors[t] for t in tasks]
         del vectors
         ctx = MergeContext(layout=self.layout, tasks=tuple(tasks), server_round=server_round, seed=self.seed)
         merged = self.method(flat, ctx, **self.method_params)

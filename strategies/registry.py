@@ -13,7 +13,6 @@ vector m; the server then applies ``base + alpha * m``.
 
 from __future__ import annotations
 
-import hashlib
 
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -22,6 +21,7 @@ import torch
 
 from atm_fl import merge as ops
 from atm_fl.config import ConfigError
+from atm_fl.seeds import derive_seed
 from atm_fl.task_vector import Layout
 
 
@@ -37,9 +37,7 @@ class MergeContext:
     def task_seeds(self) -> list[int]:
         # One reproducible seed per (run seed, round, task): DARE masks differ across
         # rounds and tasks but repeat exactly for the same run.
-        # sha256, not hash(): Python salts str hashes per process.
-        return [int.from_bytes(hashlib.sha256(f"{self.seed}/{self.server_round}/{t}".encode()).digest()[:4], "little")
-                for t in self.tasks]
+        return [derive_seed(self.seed, self.server_round, t) for t in self.tasks]
 
 
 @dataclass(frozen=True)
