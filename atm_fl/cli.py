@@ -120,12 +120,21 @@ def run(argv: list[str] | None = None) -> int:
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     run_id = None
     assert proc.stdout is not None
-    for line in proc.stdout:
-        sys.stdout.write(line)
-        sys.stdout.flush()
-        m = re.search(r"run (\d{4,})", line)
-        if run_id is None and m:
-            run_id = m.group(1)
+    try:
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            m = re.search(r"run (\d{4,})", line)
+            if run_id is None and m:
+                run_id = m.group(1)
+    except KeyboardInterrupt:
+        # The run lives on the SuperLink: stop it there too, or it keeps the federation busy.
+        if run_id is not None:
+            log.warning("interrupted: stopping run %s", run_id)
+            subprocess.run([flwr_executable(), "stop", run_id, *([args.federation] if args.federation else [])],
+                           env=env, check=False)
+        proc.terminate()
+        return 130
     code = proc.wait()
     if code != 0:
         return code

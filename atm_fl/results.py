@@ -32,7 +32,8 @@ class RoundRecord:
     refused: list[dict[str, str]] = field(default_factory=list)  # {"task", "reason"}
     failed: list[dict[str, str]] = field(default_factory=list)
     merge_seconds: float = 0.0
-    round_seconds: float = 0.0
+    round_seconds: float = 0.0  # server: train messages out -> merged model (includes client fine-tuning)
+    eval_seconds: float = 0.0  # server: evaluate messages out -> all replies aggregated
     bytes_sent: int = 0
     bytes_received: int = 0
 

@@ -81,6 +81,7 @@ class ATMStrategy(FedAvg):
         self.on_round_end = on_round_end
         self._base: dict[str, torch.Tensor] | None = None
         self._round_started = 0.0
+        self._eval_started = 0.0
 
     @property
     def tasks(self) -> list[str]:
@@ -108,6 +109,7 @@ class ATMStrategy(FedAvg):
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
+        self._eval_started = time.perf_counter()
         return self._messages(server_round, arrays, config, MessageType.EVALUATE)
 
     # --- replies -------------------------------------------------------------------
@@ -209,6 +211,7 @@ class ATMStrategy(FedAvg):
             per_task[task] = {k: float(v) for k, v in msg.content["metrics"].items()}
         if self.recorder is not None:
             self.recorder.round(server_round).eval = per_task
+            self.recorder.round(server_round).eval_seconds = time.perf_counter() - self._eval_started
             self.recorder.write()
         if not per_task:
             return None
