@@ -4,7 +4,7 @@ A family splits a classifier into a *shared backbone* (inputs -> features; this 
 what ATM fine-tunes and merges) and a *task head* (features -> logits) that stays
 with the task and is frozen. Frozen heads keep the task vector a pure backbone
 quantity, as with CLIP's zero-shot heads in the paper; families without a text
-tower use a linear probe fitted once on pretrained features (see ``fit_probe_head``).
+tower use class prototypes of the pretrained features (see ``fit_prototype_head``).
 Because a frozen head is a deterministic function of the pretrained weights, the
 task data and the seed, it persists across rounds by being rebuilt identically
 (cached per process), never by being sent.
@@ -100,7 +100,15 @@ class ModelFamily(ABC):
 
     def build_head(self, backbone: nn.Module, task: TaskSplits, train: Batch) -> nn.Module:
         """The task's frozen head; default: class prototypes of pretrained features."""
-        return fit_prototype_head(backbone, train, task.num_classes, batch_size=self.cfg.batch_size)
+        return fit_prototype_head(backbone, train, task.num_classes, batch_size=self.cfg.batch_size,
+                                  device=self.device)
+
+    @property
+    def device(self) -> str:
+        """The client device of run-config ``device`` ('auto' -> cuda when visible)."""
+        from atm_fl.train import resolve_device  # atm_fl.train imports this module
+
+        return resolve_device(self.cfg.device)
 
     def describe(self) -> dict:
         """Provenance for results and README: model name, source, licence."""
@@ -122,42 +130,10 @@ def inputs_of(batch: Batch) -> Batch:
 
 @torch.no_grad()
 def extract_features(backbone: nn.Module, data: Batch, batch_size: int, device: str = "cpu") -> torch.Tensor:
-    backbone.eval()
+    backbone.to(device).eval()
     feats = [backbone(**{k: v.to(device) for k, v in inputs_of(b).items()}).float().cpu()
              for b in iterate(data, batch_size)]
     return torch.cat(feats)
-
-
-def fit_probe_head(backbone: nn.Module, train: Batch, num_classes: int, *, seed: int = 0,
-                   batch_size: int = 64, steps: int = 300, lr: float = 0.05, weight_decay: float = 1e-4,
-                   device: str = "cpu") -> LinearHead:
-    """Fit a softmax-regression head on frozen pretrained features (full batch, Adam).
-
-    Features are standardised first so one learning rate fits every backbone; the
-    standardisation is folded into the returned head's weight and bias.
-    """
-    feats = extract_features(backbone, train, batch_size, device)
-    labels = train["labels"].long()
-    mean, std = feats.mean(0), feats.std(0)
-    # Floor the scale: a near-constant feature would get a huge folded weight, and the
-    # first fine-tuning step that moves it would blow the logits (and the update) up.
-    std = std.clamp_min(max(float(std.mean()) * 0.1, 1e-6))
-    z = (feats - mean) / std
-    gen = torch.Generator().manual_seed(seed)
-    w = (torch.randn(num_classes, z.shape[1], generator=gen) * 0.01).requires_grad_()
-    b = torch.zeros(num_classes, requires_grad=True)
-    opt = torch.optim.Adam([w, b], lr=lr, weight_decay=weight_decay)
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(z @ w.T + b, labels)
-        loss.backward()
-        opt.step()
-    acc = float(((z @ w.T + b).argmax(1) == labels).float().mean())
-    log.info("probe head: %d classes, %d features, train loss %.3f, train acc %.3f", num_classes, z.shape[1], loss.item(), acc)
-    with torch.no_grad():
-        weight = w / std
-        bias = b - (mean / std) @ w.T
-    return LinearHead(weight, bias)
 
 
 def subset_indices(n: int, cap: int, seed: int) -> np.ndarray:
