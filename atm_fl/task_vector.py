@@ -59,6 +59,36 @@ def flatten(tensors: Mapping[str, torch.Tensor], layout: Layout, out: torch.Tens
     return out
 
 
+def _npy_view(data: bytes) -> np.ndarray:
+    """Zero-copy view of the array in a ``.npy`` byte string (Flower's Array encoding)."""
+    import io
+
+    header = io.BytesIO(data)
+    version = np.lib.format.read_magic(header)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read(header)
+    if fortran:
+        raise ValueError("Fortran-ordered arrays are not supported")
+    return np.frombuffer(data, dtype=dtype, count=int(np.prod(shape)), offset=header.tell()).reshape(shape)
+
+
+def flatten_record(record, layout: Layout) -> torch.Tensor:
+    """Flatten a Flower ``ArrayRecord`` holding the layout's tensors straight into one float32 vector.
+
+    ``record.to_torch_state_dict()`` followed by ``flatten`` copies every entry twice
+    (``np.load`` out of the message bytes, then into the flat vector); reading each
+    array's bytes in place copies it once. The record must already have passed
+    ``strategies.validation.check_record`` (keys, shapes, dtypes).
+    """
+    out = torch.empty(layout.numel, dtype=torch.float32)
+    offset = 0
+    for name, shape in layout.entries:
+        view = torch.from_numpy(_npy_view(record[name].data).reshape(-1))
+        out[offset:offset + view.numel()].copy_(view)
+        offset += view.numel()
+    return out
+
+
 def unflatten(flat: torch.Tensor, layout: Layout) -> dict[str, torch.Tensor]:
     """Views of ``flat`` shaped as the layout's tensors (no copy)."""
     if flat.dim() != 1 or flat.numel() != layout.numel:

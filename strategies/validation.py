@@ -15,11 +15,16 @@ import torch
 from atm_fl.task_vector import Layout
 
 
-def check_task_vector(tv: dict[str, torch.Tensor], layout: Layout) -> str | None:
-    """The reason ``tv`` cannot be merged, or None when it is well-formed and finite."""
+def check_record(record, layout: Layout) -> str | None:
+    """The reason a dense upload cannot be merged (missing or extra tensors, wrong shape or
+    dtype), read from the Flower ``ArrayRecord``'s metadata before any array is decoded, or None.
+
+    Finiteness is checked afterwards on the flat vector (``non_finite``).
+    """
     expected = dict(layout.entries)
-    missing = [k for k in expected if k not in tv]
-    extra = [k for k in tv if k not in expected]
+    keys = list(record.keys())
+    missing = [k for k in expected if k not in keys]
+    extra = [k for k in keys if k not in expected]
     if missing or extra:
         parts = []
         if missing:
@@ -28,18 +33,25 @@ def check_task_vector(tv: dict[str, torch.Tensor], layout: Layout) -> str | None
             parts.append(f"{len(extra)} unexpected tensor(s) e.g. {extra[0]!r}")
         return "; ".join(parts)
     for name, shape in layout.entries:
-        t = tv[name]
-        if tuple(t.shape) != tuple(shape):
-            return f"tensor {name!r} has shape {tuple(t.shape)}, expected {tuple(shape)}"
-        if t.dtype not in (torch.float32, torch.float16):
-            return f"tensor {name!r} has dtype {t.dtype}, expected float32 or float16"
-        if not bool(torch.isfinite(t).all()):
-            return f"tensor {name!r} has NaN or Inf entries"
+        arr = record[name]
+        if tuple(arr.shape) != tuple(shape):
+            return f"tensor {name!r} has shape {tuple(arr.shape)}, expected {tuple(shape)}"
+        if arr.dtype not in ("float32", "float16"):
+            return f"tensor {name!r} has dtype {arr.dtype}, expected float32 or float16"
     return None
 
 
-def l2_norm(tv: dict[str, torch.Tensor]) -> float:
-    return math.sqrt(sum(float((t.double() ** 2).sum()) for t in tv.values()))
+def non_finite(flat: torch.Tensor, layout: Layout) -> str | None:
+    """The reason a flat task vector is refused for NaN/Inf entries (naming the first tensor), or None."""
+    if bool(torch.isfinite(flat).all()):
+        return None
+    offset = 0
+    for name, shape in layout.entries:
+        n = math.prod(shape)
+        if not bool(torch.isfinite(flat[offset:offset + n]).all()):
+            return f"tensor {name!r} has NaN or Inf entries"
+        offset += n
+    return "NaN or Inf entries"
 
 
 def norm_outliers(norms: dict[str, float], max_ratio: float) -> dict[str, str]:

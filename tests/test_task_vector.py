@@ -38,3 +38,16 @@ def test_task_vector_and_update():
     assert torch.equal(tv["w"], torch.full((2, 2), 2.0)) and "steps" not in tv
     new = apply_update(base, tv, alpha=0.5)
     assert torch.equal(new["w"], torch.full((2, 2), 2.0)) and new["steps"] is base["steps"]
+
+
+def test_flatten_record_reads_flower_arrays_in_place_and_equals_flatten():
+    from flwr.app import ArrayRecord
+
+    from atm_fl.task_vector import Layout, flatten, flatten_record
+
+    g = torch.Generator().manual_seed(3)
+    tensors = {"w": torch.randn(4, 5, generator=g), "b": torch.randn(5, generator=g).half(),
+               "z": torch.randn(2, 2, 3, generator=g)}
+    layout = Layout.of(tensors, ["w", "b", "z"])
+    record = ArrayRecord(tensors)
+    assert torch.equal(flatten_record(record, layout), flatten(tensors, layout))
