@@ -2,17 +2,32 @@
 
 Usage::
 
-    python -m experiments.bench_merge                       # T=7, d=86M (about 2.4 GB of inputs)
-    python -m experiments.bench_merge --quick               # d=2,000,003 sanity run, seconds
-    python -m experiments.bench_merge --methods mean,ties --json out.json
+    python -m experiments.bench_merge                      # T=7, d=86,192,640 (ViT-B-16 visual tower)
+    python -m experiments.bench_merge --d 2000003          # quick run, seconds
+    python -m experiments.bench_merge --methods mean,ties --out results.json --out results.md
 
-Every (method, implementation) pair runs in a fresh subprocess, so the peak memory
-(``ru_maxrss``) is its own: the reported "peak extra" is the high-water RSS during the
-merge minus the RSS once the inputs exist. Each subprocess also times the *floor*, one
-straightforward pass summing the T vectors (``acc = v0.clone(); acc += v`` for the
-rest), after the merge, so the floor does not enter the merge's memory high-water.
-Outputs are compared by a SHA-256 of their bytes (with -0.0 mapped to 0.0), which is
-how "equal to reference" is decided.
+Method
+------
+Every (method, implementation) pair runs in a fresh subprocess, which builds the T
+random float32 inputs in place (``torch.empty(d).normal_()``, no temporaries) and then:
+
+* **peak extra memory**: the high-water resident set size (``ru_maxrss``) after the
+  first call of the merge, minus the resident set size just before it (inputs already
+  built and touched). ``ru_maxrss`` is the kernel's own high-water mark, so short
+  peaks count. The subprocess checks that the high-water before the call was not
+  above the RSS at that point (else the delta could hide part of the peak) and
+  reports it. The output itself (4·d bytes) is part of the peak extra.
+* **wall time**: ``--repeat`` timed calls (``time.perf_counter``); each is paired with
+  one timing of the **floor**, a single straightforward pass that sums the T vectors
+  in the same process (``acc = v0.clone(); acc += v1; ...``, torch's default threads).
+  Reported: the median wall time, the median floor time, and their ratio. Reference
+  implementations run once (they take long), against the median floor of their own
+  subprocess.
+* **equality**: the SHA-256 of the output bytes (with -0.0 mapped to 0.0) of the fast
+  and the reference implementation must match.
+
+The machine may be shared: the load average at the start and end of each subprocess
+is recorded, so noisy runs can be spotted and repeated.
 """
 
 from __future__ import annotations
@@ -23,18 +38,22 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
 
 METHODS = ("mean", "sum", "ties", "breadcrumbs", "dare", "dare_ties")
+VIT_B16_VISUAL = 86_192_640
 
 
 def vit_like_layout(d: int) -> list[tuple[str, tuple[int, ...]]]:
-    """A ViT-B/16-shaped layout (CLIP visual tower) truncated or padded to exactly d entries.
+    """The layout of open_clip's ViT-B-16 visual tower, cut or extended to exactly d entries.
 
-    Width 768 when d >= 20M, else 64 (so quick runs still have many rows). Blocks are
-    added while they fit; the rest is one 1-D tensor; a 0-dim ``logit_scale`` is included.
+    For ``d = 86,192,640`` it is exactly that tower (conv stem, 12 residual blocks of
+    width 768, projection 768x512). Other sizes keep the stem and as many blocks as fit
+    (width 768, or 64 when d < 20M so small runs still have many blocks), and put the
+    remainder in one 1-D tensor.
     """
     w = 768 if d >= 20_000_000 else 64
     stem = [("conv1.weight", (w, 3, 16, 16)), ("class_embedding", (w,)),
@@ -51,18 +70,21 @@ def vit_like_layout(d: int) -> list[tuple[str, tuple[int, ...]]]:
             n *= s
         return n
 
-    out, total, budget = [("logit_scale", ())], 1, d
+    out, total = [], 0
     for name, shape in stem:
-        if total + numel(shape) <= budget:
+        if total + numel(shape) <= d:
             out.append((name, shape))
             total += numel(shape)
-    i = 0
-    while total + sum(numel(s) for _, s in block) <= budget:
-        out += [(f"blocks.{i}.{n}", s) for n, s in block]
-        total += sum(numel(s) for _, s in block)
-        i += 1
+    per_block = sum(numel(s) for _, s in block)
+    tail_size = sum(numel(s) for _, s in tail)
+    n_blocks = max(0, (d - total - tail_size) // per_block)
+    if n_blocks == 0:
+        n_blocks = (d - total) // per_block              # the tail does not fit anyway
+    for i in range(n_blocks):
+        out += [(f"transformer.resblocks.{i}.{n}", s) for n, s in block]
+    total += n_blocks * per_block
     for name, shape in tail:
-        if total + numel(shape) <= budget:
+        if total + numel(shape) <= d:
             out.append((name, shape))
             total += numel(shape)
     if total < d:
@@ -92,10 +114,10 @@ def _worker(method: str, impl: str, d: int, tasks: int, seed: int, repeat: int) 
 
     from atm_fl.merge import ops, reference
 
+    load0 = os.getloadavg()[0]
     mod = ops if impl == "fast" else reference
     gen = torch.Generator().manual_seed(seed)
-    # normal_ in place: no temporary beyond the inputs themselves.
-    vs = [torch.empty(d).normal_(generator=gen) for _ in range(tasks)]
+    vs = [torch.empty(d).normal_(generator=gen) for _ in range(tasks)]   # in place: no temporaries
     layout = vit_like_layout(d)
     calls = {
         "mean": lambda: mod.merge_mean(vs),
@@ -105,36 +127,77 @@ def _worker(method: str, impl: str, d: int, tasks: int, seed: int, repeat: int) 
         "dare": lambda: mod.merge_dare(vs, p=0.9, then="mean"),
         "dare_ties": lambda: mod.merge_dare(vs, p=0.9, then="ties", density=0.2),
     }
-    rss0 = _rss_kb()
-    maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    times, out = [], None
-    for _ in range(repeat):
-        out = None
-        t0 = time.perf_counter()
-        out = calls[method]()
-        times.append(time.perf_counter() - t0)
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    digest = hashlib.sha256((out + 0.0).numpy().tobytes()).hexdigest()
-    del out
 
-    floors = []
-    for _ in range(3):
-        t0 = time.perf_counter()
+    def floor() -> tuple[float, float]:
+        c0, t0 = time.process_time(), time.perf_counter()
         acc = vs[0].clone()
         for v in vs[1:]:
             acc.add_(v)
-        floors.append(time.perf_counter() - t0)
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
         del acc
+        return dt, dc
+
+    def timed() -> tuple[float, float, object]:
+        c0, t0 = time.process_time(), time.perf_counter()
+        out = calls[method]()
+        return time.perf_counter() - t0, time.process_time() - c0, out
+
+    rss0 = _rss_kb()
+    maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    wall, cpu, out = timed()
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    digest = hashlib.sha256((out + 0.0).numpy().tobytes()).hexdigest()
+    del out
+    times, cpus, floors, floor_cpus = [wall], [cpu], [], []
+    f, fc = floor()
+    floors.append(f)
+    floor_cpus.append(fc)
+    for _ in range(repeat - 1):
+        wall, cpu, out = timed()
+        del out
+        times.append(wall)
+        cpus.append(cpu)
+        f, fc = floor()
+        floors.append(f)
+        floor_cpus.append(fc)
+    if impl != "fast":
+        for _ in range(2):
+            f, fc = floor()
+            floors.append(f)
+            floor_cpus.append(fc)
     return {
         "method": method, "impl": impl, "d": d, "tasks": tasks, "seed": seed,
-        "wall_s": min(times), "wall_all_s": times, "floor_s": min(floors),
+        "wall_s": statistics.median(times), "wall_all_s": times,
+        "floor_s": statistics.median(floors), "floor_all_s": floors,
+        "cpu_s": statistics.median(cpus), "floor_cpu_s": statistics.median(floor_cpus),
         "peak_extra_mb": max(0, maxrss - rss0) / 1024, "input_mb": d * tasks * 4 / 2**20,
-        "maxrss_before_over_rss0_mb": max(0, maxrss_before - rss0) / 1024,
+        "maxrss_before_minus_rss0_mb": (maxrss_before - rss0) / 1024,
         "sha256": digest, "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "loadavg_start": load0, "loadavg_end": os.getloadavg()[0],
     }
 
 
-def _run_sub(method: str, impl: str, args) -> dict:
+#: Peak extra memory of the reference implementations, in multiples of the inputs
+#: (measured at d = 20M, rounded up; they build [T, d] temporaries). Used to skip a reference run
+#: that would not fit in the memory available, rather than risk the OOM killer.
+REF_MEMORY = {"mean": 1.0, "sum": 1.0, "ties": 3.0, "breadcrumbs": 2.3, "dare": 2.3, "dare_ties": 4.0}
+
+
+def _mem_available_mb() -> float:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024
+    return float("inf")
+
+
+def _run_sub(method: str, impl: str, args) -> dict | None:
+    if impl == "ref":
+        need = (1.0 + REF_MEMORY[method]) * args.d * args.tasks * 4 / 2**20
+        have = _mem_available_mb()
+        if need > 0.85 * have:
+            print(f"# {method}/ref skipped: needs about {need:.0f} MiB, {have:.0f} MiB available", flush=True)
+            return None
     cmd = [sys.executable, "-m", "experiments.bench_merge", "--_worker", method, impl,
            "--d", str(args.d), "--tasks", str(args.tasks), "--seed", str(args.seed),
            "--repeat", str(args.repeat if impl == "fast" else 1)]
@@ -144,33 +207,55 @@ def _run_sub(method: str, impl: str, args) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def _markdown(meta: dict, rows: list[dict]) -> str:
+    lines = [f"d = {meta['d']:,}, T = {meta['tasks']}, inputs {meta['input_mb']:.0f} MiB; "
+             f"{meta['cpu']}, {meta['cores']} cores; torch {meta['torch']}, {meta['threads']} threads; "
+             f"median of {meta['repeat']} runs (reference: 1 run)", "",
+             "| method | impl | wall s | floor s | × floor | CPU × floor | reference ÷ fast | peak extra MiB | "
+             "peak ÷ inputs | equal to reference | load avg |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    for r in rows:
+        sp = f"{r['speedup_vs_ref']:.1f}" if r.get("speedup_vs_ref") else "–"
+        eq = {True: "yes", False: "**NO**", None: "–"}[r.get("equal_to_ref")]
+        lines.append(f"| {r['method']} | {r['impl']} | {r['wall_s']:.2f} | {r['floor_s']:.3f} | "
+                     f"{r['x_floor']:.1f} | {r['cpu_x_floor']:.1f} | {sp} | {r['peak_extra_mb']:.0f} | "
+                     f"{r['peak_extra_mb'] / r['input_mb']:.2f} | {eq} | "
+                     f"{r['loadavg_start']:.1f}–{r['loadavg_end']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--d", type=int, default=86_000_000, help="entries per task vector (default 86,000,000)")
+    ap.add_argument("--d", type=int, default=VIT_B16_VISUAL,
+                    help=f"entries per task vector (default {VIT_B16_VISUAL:,}, the ViT-B-16 visual tower)")
     ap.add_argument("--tasks", type=int, default=7, help="number of task vectors T (default 7)")
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma list from {','.join(METHODS)}")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
-    ap.add_argument("--repeat", type=int, default=2, help="timed repeats of the fast method, best kept (default 2)")
+    ap.add_argument("--repeat", type=int, default=5, help="timed runs of each fast method; median kept (default 5)")
     ap.add_argument("--no-reference", action="store_true", help="skip the reference runs")
-    ap.add_argument("--quick", action="store_true", help="small sanity run: d=2,000,003, repeat 3")
-    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--out", action="append", default=[],
+                    help="write results here: *.md gets a markdown table, anything else JSON (repeatable)")
     ap.add_argument("--_worker", nargs=2, metavar=("METHOD", "IMPL"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args._worker:
         print(json.dumps(_worker(args._worker[0], args._worker[1], args.d, args.tasks, args.seed, args.repeat)))
         return 0
-    if args.quick:
-        args.d, args.repeat = 2_000_003, 3
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
     if bad:
         ap.error(f"unknown methods {bad}; valid: {', '.join(METHODS)}")
 
-    print(f"# d={args.d:,} T={args.tasks} inputs={args.d * args.tasks * 4 / 2**30:.2f} GiB "
-          f"cpu='{_cpu_model()}' cores={os.cpu_count()}", flush=True)
-    head = f"{'method':<12}{'impl':<6}{'wall s':>9}{'peak extra MB':>15}{'x floor':>9}{'ref/fast':>10}{'equal':>7}"
-    print(head)
+    import torch
+
+    meta = {"cpu": _cpu_model(), "cores": os.cpu_count(), "d": args.d, "tasks": args.tasks,
+            "input_mb": args.d * args.tasks * 4 / 2**20, "repeat": args.repeat, "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "python": platform.python_version(),
+            "command": "python -m experiments.bench_merge " + " ".join(sys.argv[1:] if argv is None else argv)}
+    print(f"# d={args.d:,} T={args.tasks} inputs={meta['input_mb']:.0f} MiB cpu='{meta['cpu']}' "
+          f"cores={meta['cores']} torch={meta['torch']} threads={meta['threads']}", flush=True)
+    print(f"{'method':<12}{'impl':<6}{'wall s':>9}{'floor s':>9}{'x floor':>9}{'cpu x fl':>9}{'ref/fast':>10}"
+          f"{'peak MiB':>10}{'equal':>7}{'load':>11}")
     rows = []
     for m in methods:
         fast = _run_sub(m, "fast", args)
@@ -178,21 +263,22 @@ def main(argv: list[str] | None = None) -> int:
         for r in (fast, ref):
             if r is None:
                 continue
-            r["x_floor"] = r["wall_s"] / fast["floor_s"]
+            r["x_floor"] = r["wall_s"] / r["floor_s"]
+            r["cpu_x_floor"] = r["cpu_s"] / r["floor_cpu_s"]
             r["speedup_vs_ref"] = (ref["wall_s"] / r["wall_s"]) if ref else None
             r["equal_to_ref"] = (r["sha256"] == ref["sha256"]) if ref else None
             rows.append(r)
             sp = f"{r['speedup_vs_ref']:.1f}" if r["speedup_vs_ref"] else "-"
             eq = {True: "yes", False: "NO", None: "-"}[r["equal_to_ref"]]
-            print(f"{m:<12}{r['impl']:<6}{r['wall_s']:>9.2f}{r['peak_extra_mb']:>15.0f}"
-                  f"{r['x_floor']:>9.1f}{sp:>10}{eq:>7}", flush=True)
-    floors = [r["floor_s"] for r in rows if r["impl"] == "fast"]
-    print(f"# floor (sum of T vectors), per fast run: min {min(floors):.3f} s, max {max(floors):.3f} s")
-    if args.json:
-        meta = {"cpu": _cpu_model(), "cores": os.cpu_count(), "d": args.d, "tasks": args.tasks,
-                "argv": sys.argv, "python": platform.python_version()}
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+            print(f"{m:<12}{r['impl']:<6}{r['wall_s']:>9.2f}{r['floor_s']:>9.3f}{r['x_floor']:>9.1f}"
+                  f"{r['cpu_x_floor']:>9.1f}{sp:>10}"
+                  f"{r['peak_extra_mb']:>10.0f}{eq:>7}{r['loadavg_start']:>6.1f}-{r['loadavg_end']:.1f}", flush=True)
+    for path in args.out:
+        with open(path, "w") as f:
+            if path.endswith(".md"):
+                f.write(_markdown(meta, rows))
+            else:
+                json.dump({"meta": meta, "rows": rows}, f, indent=1)
     return 0
 
 

@@ -130,7 +130,7 @@ def test_ties_threshold_survives_a_bad_sample(small_chunks, monkeypatch, caplog)
 
 
 def test_fast_equals_reference_module_defaults():
-    """Default CHUNK and SMALL on vectors longer than both (2**21 + 12,345 entries)."""
+    """Default CHUNK and SMALL on vectors longer than both."""
     d = ops.SMALL + 12_345
     assert d > ops.CHUNK
     vs = vectors(d, 3, seed=0, kind="normal")

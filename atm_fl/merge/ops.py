@@ -28,6 +28,10 @@ How the speed is obtained (docs/performance.md, "Merge operators", has the numbe
   (linear time) on the magnitude bits, not a sort.
 * DARE: the uniforms come from numpy's PCG64, which can jump ahead, so every slice
   draws its own part of each task's stream independently (see :func:`dare_drop`).
+  DARE-TIES keeps the keep decisions as bits (d / 8 bytes per task) between its
+  threshold pass and its merge pass instead of drawing twice.
+
+Threads: ``THREADS`` if set, else ``torch.get_num_threads()``.
 """
 
 from __future__ import annotations
@@ -58,11 +62,11 @@ __all__ = [
     "merge_dare",
 ]
 
-#: Entries per work item (256 KiB of float32). Must be even (DARE jumps its streams by
-#: ``lo / 2`` 64-bit draws). Tests lower it so short vectors cross many boundaries.
+#: Entries per work item (256 KiB of float32); used rounded down to a multiple of 8.
+#: Tests lower it so that short vectors cross many slice boundaries.
 CHUNK = 1 << 16
 #: Vectors up to this length get the TIES threshold by one selection over the whole vector.
-SMALL = 1 << 21
+SMALL = 1 << 18
 #: Sample size used to bracket the TIES threshold on longer vectors.
 SAMPLE = 1 << 16
 #: Worker threads; ``None`` means ``torch.get_num_threads()``.
@@ -184,7 +188,8 @@ def _dare_scale(p: float) -> float:
 
 
 def _chunk() -> int:
-    return max(2, int(CHUNK) // 2 * 2)
+    """Slice length: ``CHUNK`` rounded down to a multiple of 8 (DARE stores 8 bits a byte)."""
+    return max(8, int(CHUNK) // 8 * 8)
 
 
 def _threads() -> int:
@@ -335,42 +340,54 @@ class _Plain:
 class _Dropped:
     """A DARE-dropped task vector (see :func:`dare_drop`), computed slice by slice.
 
-    Entry i uses the i-th 32-bit word of the task's PCG64 stream, ``r``; numpy's
+    Entry i uses the i-th 32-bit word ``r`` of the task's PCG64 stream; numpy's
     ``random(dtype=float32)`` maps it to ``u = (r >> 8) * 2**-24``, so
-    ``u >= float32(p)`` iff ``(r >> 8) >= ceil(float32(p) * 2**24)``, an integer
-    test. Two words come from each 64-bit draw, low half first; a slice starting at
-    an even ``lo`` jumps the stream by ``lo / 2`` draws.
+    ``u >= float32(p)`` iff ``r >= ceil(float32(p) * 2**24) << 8``, one integer
+    compare. Two words come from each 64-bit draw, low half first, so a slice starting
+    at an even ``lo`` jumps a copy of the stream by ``lo / 2`` draws.
+
+    With ``record=True`` the keep decisions are also stored as bits (``d / 8`` bytes)
+    the first time each slice is drawn; after :meth:`freeze` later passes read them
+    back instead of drawing again (DARE-TIES reads every slice twice).
     """
 
-    def __init__(self, v: torch.Tensor, p: float, seed: int):
+    def __init__(self, v: torch.Tensor, p: float, seed: int, record: bool = False):
         self.x = _np(v)
         self.d = self.x.size
         self.p = p
         self.scale = np.float32(_dare_scale(p))
-        self.k24 = math.ceil(_dare_keep_threshold(p) * (1 << 24))   # keep iff (r >> 8) >= k24
+        k24 = math.ceil(_dare_keep_threshold(p) * (1 << 24))      # keep iff (r >> 8) >= k24
+        assert 0 <= k24 < (1 << 24), "p == 1 is handled by the caller"
+        self.r_min = np.uint32(k24 << 8)
         self.state = np.random.PCG64(seed).state
+        self.packed = np.empty((self.d + 7) // 8, np.uint8) if record else None
+        self.frozen = False
 
-    def _keep_mask(self, lo: int, hi: int, scratch: dict) -> np.ndarray:
-        """int32 mask, -1 where entry is kept, 0 where dropped, for ``[lo, hi)``."""
+    def freeze(self) -> None:
+        """Every slice has been drawn once: read the stored bits from now on."""
+        self.frozen = self.packed is not None
+
+    def _keep(self, lo: int, hi: int, scratch: dict) -> np.ndarray:
+        """Keep decisions (bool, or 0/1 uint8) of ``[lo, hi)``; ``lo`` is a multiple of 8."""
+        n = hi - lo
+        if self.frozen:
+            return np.unpackbits(self.packed[lo // 8:(hi + 7) // 8], count=n)
         bg = scratch.get(("pcg", id(self)))
         if bg is None:
             bg = scratch[("pcg", id(self))] = np.random.PCG64(0)
         bg.state = self.state
         if lo:
-            bg.advance(lo // 2)                       # lo is even (CHUNK is even)
-        n = hi - lo
+            bg.advance(lo // 2)
         r = bg.random_raw((n + 1) // 2).view(np.uint32)[:n]
-        np.right_shift(r, np.uint32(8), out=r)
-        m = r.view(np.int32)                          # 0 <= r >> 8 < 2**24
-        np.subtract(np.int32(self.k24 - 1), m, out=m)
-        np.right_shift(m, np.int32(31), out=m)        # -1 iff (r >> 8) >= k24
-        return m
+        keep = np.greater_equal(r, self.r_min, out=_buf(scratch, "keep", n, np.bool_))
+        if self.packed is not None:
+            self.packed[lo // 8:(hi + 7) // 8] = np.packbits(keep)
+        return keep
 
     def chunk(self, lo: int, hi: int, scratch: dict, key: str) -> np.ndarray:
         out = _buf(scratch, key, hi - lo, np.float32)
         np.multiply(self.x[lo:hi], self.scale, out=out)
-        oi = out.view(np.int32)
-        np.bitwise_and(oi, self._keep_mask(lo, hi, scratch), out=oi)
+        np.multiply(out, self._keep(lo, hi, scratch), out=out)
         return out
 
     def sample(self, idx: np.ndarray) -> np.ndarray:
@@ -396,7 +413,11 @@ def _kth_bits_small(src, d: int, k: int) -> int:
     """Bits of the k-th largest ``|x|`` by one selection over the whole vector."""
     x = src.chunk(0, d, {}, "all")
     ab = np.bitwise_and(x.view(np.int32), _ABS)
-    return int(np.partition(ab, d - k)[d - k])
+    # Zeros first: selection is slow on many equal values, and DARE leaves mostly zeros.
+    nz = np.compress(ab != 0, ab)
+    if nz.size < k:
+        return 0
+    return int(np.partition(nz, nz.size - k)[nz.size - k])
 
 
 def _bracket(src, d: int, k: int) -> tuple[int, int]:
@@ -426,7 +447,7 @@ def _scan_bracket(x: np.ndarray, lo_b: int, hi_b: int, scratch: dict) -> tuple[i
         return above, np.empty(0, np.int32)
     np.subtract(t, np.int32(lo_b), out=t)            # in bracket iff 0 <= t <= width (unsigned)
     np.less_equal(t.view(np.uint32), np.uint32(hi_b - lo_b), out=m)
-    return above, t[m]
+    return above, np.compress(m, t)
 
 
 def _thresholds(sources: list, d: int, density: float) -> list[int]:
@@ -514,28 +535,37 @@ def _ties_item(sources: list, thrs: list[int], lo: int, hi: int, out: np.ndarray
         if majority == -1:
             np.bitwise_or(g, np.bitwise_and(z, _SIGN), out=g)
 
-    # Disjoint mean: y = trimmed bits with the elected sign flipped off; y > 0 (as int)
-    # iff the entry is nonzero and agrees with the sign, and then y = bits of |x|.
+    # Disjoint mean: y = trimmed bits with the elected sign flipped off. Read as a
+    # float, y is +|x| where the entry is nonzero and agrees with the sign, and -|x| or
+    # +-0 elsewhere, so max(y, 0) is what the entry adds to the sum of magnitudes.
+    # (numpy's maximum is fast array-with-array, slow array-with-scalar: hence `zero`.)
     num = _buf(scratch, "num", n, np.float32)
-    cnt = _buf(scratch, "cnt", n, np.int32)
+    cnt = _buf(scratch, "cnt", n, np.uint8 if T < 256 else np.int32)
     y = _buf(scratch, "y", n, np.int32)
-    one = _buf(scratch, "one", n, np.int32)
+    yf = y.view(np.float32)
+    zero = scratch.get("zero")
+    if zero is None or zero.size < n:
+        zero = scratch["zero"] = np.zeros(max(n, _chunk()), np.float32)
+    zero = zero[:n]
     for t in range(T):
         np.bitwise_xor(tr[t], g, out=y)
-        np.maximum(y, 0, out=y)
+        np.maximum(yf, zero, out=yf)
+        np.greater(yf, 0, out=m)
         if t == 0:
-            np.copyto(num, y.view(np.float32))
-            np.minimum(y, 1, out=cnt)
+            np.copyto(num, yf)
+            np.copyto(cnt, m)
         else:
-            np.add(num, y.view(np.float32), out=num)
-            np.add(cnt, np.minimum(y, 1, out=one), out=cnt)
+            np.add(num, yf, out=num)
+            np.add(cnt, m.view(np.uint8), out=cnt, casting="unsafe")
     redo = False
     if majority is None:
         # Sum exactly 0 with some agreeing (positive) entry: the sign came from the guess.
         redo = bool(np.any(np.logical_and(np.equal(s, 0, out=m), num > 0)))
-    np.maximum(cnt, 1, out=cnt)
+    cf = _buf(scratch, "cf", n, np.float32)
+    np.copyto(cf, cnt, casting="unsafe")
+    np.maximum(cf, 1.0, out=cf)
     o = out[lo:hi]
-    np.divide(num, cnt.astype(np.float32), out=o)      # sums of same-sign values: exact as |.|
+    np.divide(num, cf, out=o)                           # sums of same-sign values: exact as |.|
     oi = o.view(np.int32)
     np.bitwise_or(oi, g, out=oi)
     if majority == 0:
@@ -546,6 +576,10 @@ def _ties_item(sources: list, thrs: list[int], lo: int, hi: int, out: np.ndarray
 def _ties_core(sources: list, d: int, density: float) -> torch.Tensor:
     """TIES over slice sources (see :func:`merge_ties`)."""
     thrs = _thresholds(sources, d, density)
+    if 0 < _trim_k(d, density) < d:                 # the threshold pass read every slice
+        for src in sources:
+            if isinstance(src, _Dropped):
+                src.freeze()
     out = torch.empty(d, dtype=torch.float32)
     o, c = _np(out), _chunk()
     t0 = time.perf_counter()
@@ -834,7 +868,7 @@ def merge_dare(vectors: Sequence[torch.Tensor], p: float = 0.9, then: str = "mea
         return merge_mean(vs) if then == "mean" else merge_ties(vs, density)
     if p == 1.0:                                  # drops everything
         return torch.zeros(d, dtype=torch.float32)
-    sources = [_Dropped(v, p, s) for v, s in zip(vs, seeds)]
+    sources = [_Dropped(v, p, s, record=then == "ties") for v, s in zip(vs, seeds)]
     if then == "ties":
         return _ties_core(sources, d, density)
     out = torch.empty(d, dtype=torch.float32)
