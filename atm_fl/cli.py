@@ -9,7 +9,8 @@ What it adds to a bare ``flwr run``:
 * ``num-supernodes`` = the number of tasks (one simulated node per task) and one CPU
   per client, unless ``--federation-config`` is given.
 * exit status 1 when the run failed: ``flwr run --stream`` exits 0 either way, so the
-  run's status is read back with ``flwr ls``.
+  run's status is read back with ``flwr ls`` from the same SuperLink, the local one or
+  the named federation (``atm-fl run . sites``; docs/deployment.md).
 """
 
 from __future__ import annotations
@@ -142,6 +143,10 @@ def run(argv: list[str] | None = None) -> int:
         log.error("could not find the run id in flwr's output; cannot tell whether the run succeeded")
         return 2
     status = run_status(run_id, args.federation)
+    deadline = time.monotonic() + 30  # the log stream can end a moment before the status is final
+    while not status.startswith("finished") and time.monotonic() < deadline:
+        time.sleep(1)
+        status = run_status(run_id, args.federation)
     if status != "finished:completed":
         log.error("run %s ended with status %s (see the log above)", run_id, status)
         return 1

@@ -104,6 +104,10 @@ KEYS: tuple[Key, ...] = (
     Key("output-dir", "runs", "Where results go; relative paths resolve against the server's working directory."),
     Key("run-name", "", "Sub-directory of output-dir for this run; empty = timestamp + merge method."),
     Key("save-model", True, "Save the final merged backbone as safetensors."),
+    Key("resume", "",
+        "Continue a stopped run from its last complete round (checkpoint/ in the run directory): a run "
+        "directory, 'auto' (output-dir/run-name if it has a checkpoint, else start fresh), or empty (fresh run).",
+        check=lambda x: x.strip() == x, expect="a path, 'auto' or '' without surrounding spaces"),
 )
 
 KEY_BY_NAME: dict[str, Key] = {k.name: k for k in KEYS}

@@ -6,6 +6,7 @@ Files under ``<output-dir>/<run-name>/``:
   still leaves what it measured;
 * ``metrics.csv``: one row per (round, task) with every evaluation metric;
 * ``model.safetensors`` (+ ``model.json``): the final merged backbone.
+* ``checkpoint/``: the base after the last complete round, for ``resume`` (``atm_fl.checkpoint``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class RoundRecord:
     eval_seconds: float = 0.0  # server: evaluate messages out -> all replies aggregated
     bytes_sent: int = 0
     bytes_received: int = 0
+    checkpoint_seconds: float = 0.0
 
     def average(self, metric: str = "accuracy") -> float:
         vals = [m[metric] for m in self.eval.values() if metric in m]
@@ -57,12 +59,32 @@ class RunRecorder:
     def round(self, r: int) -> RoundRecord:
         return self.rounds.setdefault(r, RoundRecord(r))
 
+    def round_dicts(self, upto: int | None = None) -> list[dict[str, Any]]:
+        """The round records (all, or rounds <= ``upto``) as plain dicts (checkpoints keep them)."""
+        return [dict(vars(rec)) for r, rec in sorted(self.rounds.items()) if upto is None or r <= upto]
+
+    def restore(self, records: list[dict[str, Any]]) -> None:
+        """Take over the round records of a stopped run (resume); later rounds are dropped."""
+        known = set(RoundRecord.__dataclass_fields__)
+        self.rounds = {int(d["round"]): RoundRecord(**{k: v for k, v in d.items() if k in known}) for d in records}
+
+    def fault_counts(self) -> dict[str, Any]:
+        """How many task vectors were refused and how many task replies failed, in total and per task."""
+        out: dict[str, Any] = {"refused": 0, "failed": 0, "refused_by_task": {}, "failed_by_task": {}}
+        for rec in self.rounds.values():
+            for kind, items in (("refused", rec.refused), ("failed", rec.failed)):
+                out[kind] += len(items)
+                for item in items:
+                    by_task = out[f"{kind}_by_task"]
+                    by_task[item["task"]] = by_task.get(item["task"], 0) + 1
+        return out
+
     # --- output -----------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         rounds = [dict(vars(rec), average_accuracy=rec.average()) for _, rec in sorted(self.rounds.items())]
         return {"status": self.status, "error": self.error, "tasks": self.tasks, "config": self.config,
                 **self.extra, "wall_seconds": time.time() - self.t_start, "rounds": rounds,
-                "final": self.final_summary()}
+                "faults": self.fault_counts(), "final": self.final_summary()}
 
     def final_summary(self) -> dict[str, Any]:
         evaluated = [r for r in sorted(self.rounds) if self.rounds[r].eval]

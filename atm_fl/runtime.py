@@ -15,6 +15,7 @@ import torch
 from atm_fl.config import RunConfig
 from atm_fl.models import get_family
 from atm_fl.models.base import Batch, subset_indices
+from atm_fl.seeds import derive_seed
 from atm_fl.task_vector import mergeable_keys, task_vector
 from atm_fl.tasks import load_task
 from atm_fl.train import FinetuneSettings, evaluate, finetune
@@ -42,6 +43,10 @@ class TaskRuntime:
         self.val = self._encode(self.splits.val, cfg.max_eval_examples, salt=2)
         self.test = self._encode(self.splits.test, cfg.max_eval_examples, salt=3)
         self.settings = FinetuneSettings.from_config(cfg)
+        if self.settings.device == "cpu":
+            # Same seed, same results on the CPU (tests/test_determinism.py). On CUDA some
+            # kernels stay non-deterministic; warn_only keeps such runs going.
+            torch.use_deterministic_algorithms(True, warn_only=True)
         self.backbone = self.family.build_backbone()
         self.keys = mergeable_keys(self.backbone)
         # The head comes from the *pretrained* backbone, so every process builds the same one.
@@ -65,6 +70,10 @@ class TaskRuntime:
         # load_state_dict copies into the backbone's own parameters, so ``base`` stays
         # the round's starting point without another copy.
         self.load(base)
+        # Whatever draws from torch's global RNG during fine-tuning (dropout, stochastic
+        # depth) starts from (seed, task, global round): a round gives the same update in
+        # any process, after any history, and after a resume.
+        torch.manual_seed(derive_seed("finetune", self.cfg.seed, self.name, server_round))
         metrics = finetune(self.backbone, self.head, self.train, self.settings, round_index=server_round,
                            seed=self.cfg.seed, progress_label=f"[{self.name} r{server_round}]")
         tv = task_vector({k: v.cpu() for k, v in self.backbone.state_dict().items()}, base, self.keys)

@@ -14,7 +14,8 @@ from pathlib import Path
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from atm_fl.config import RunConfig, parse_run_config
+from atm_fl import checkpoint
+from atm_fl.config import ConfigError, RunConfig, parse_run_config
 from atm_fl.logs import setup_logging
 from atm_fl.models import get_family
 from atm_fl.results import RunRecorder, save_backbone
@@ -60,7 +61,8 @@ def discover_tasks(grid: Grid, tasks: list[str], timeout: float, poll: float = 1
             raise RuntimeError(
                 f"no node serves task(s) {', '.join(missing)} after {timeout:g}s ({len(asked)} node(s) answered). "
                 "In simulation use --federation-config \"num-supernodes=N\" with N >= 1; in deployment start a "
-                "SuperNode with --node-config \"task=<name>\" for each task, or raise discovery-timeout.")
+                "SuperNode with --node-config 'task=\"<name>\"' for each task (deploy/start-supernode.sh --task), "
+                "or raise discovery-timeout.")
         time.sleep(poll)
 
 
@@ -82,23 +84,45 @@ def run_atm(grid: Grid, cfg: RunConfig) -> RunRecorder:
     del backbone
     tasks = cfg.task_list
     out = output_dir(cfg)
+    resumed = checkpoint.resume_dir(cfg, out)
+    ckpt = None
+    if resumed is not None:
+        ckpt = _load_resumable(resumed, cfg, state)
+        out, state = resumed, ckpt.state
+    else:
+        checkpoint.clear_checkpoint(out)
+    done = ckpt.round if ckpt is not None else 0
     recorder = RunRecorder(out, cfg.to_dict(), tasks, extra={
         "model": family.describe(), "merge": {"method": method.name, "params": params},
         "merged_parameters": layout.numel, "merged_tensors": len(layout.entries),
         "backbone_tensors": len(state)})
+    if ckpt is not None:
+        recorder.restore(ckpt.rounds)
+        recorder.extra["resumed"] = [*ckpt.extra.get("resumed", []), {"after_round": done, "at": time.time()}]
+        checkpoint.restore_rng(ckpt.rng)
+        log.info("resuming %s after round %d of %d", out, done, cfg.num_server_rounds)
+
+    def save_round(server_round: int, new_state: dict) -> None:
+        checkpoint.save_checkpoint(out, server_round, new_state, config=cfg.to_dict(),
+                                   rounds=recorder.round_dicts(upto=server_round),
+                                   extra={"resumed": recorder.extra.get("resumed", [])})
+
     log.info("ATM run -> %s", out)
     log.info("merging %d of %d backbone tensors (%d parameters) with %s %s, alpha %g", len(layout.entries),
              len(state), layout.numel, method.name, params, cfg.alpha)
     try:
-        task_nodes = discover_tasks(grid, tasks, cfg.discovery_timeout)
-        recorder.extra["task_nodes"] = task_nodes
-        strategy = ATMStrategy(method, params, layout, task_nodes, alpha=cfg.alpha,
-                               min_task_fraction=cfg.min_task_fraction, max_norm_ratio=cfg.max_norm_ratio,
-                               seed=cfg.seed, recorder=recorder)
-        result = strategy.start(grid=grid, initial_arrays=ArrayRecord(state), num_rounds=cfg.num_server_rounds,
-                                timeout=cfg.round_timeout, train_config=ConfigRecord({}),
-                                evaluate_config=ConfigRecord({"split": "test"}))
-        final = result.arrays.to_torch_state_dict() if result.arrays is not None else state
+        final = state
+        if done < cfg.num_server_rounds:
+            task_nodes = discover_tasks(grid, tasks, cfg.discovery_timeout)
+            recorder.extra["task_nodes"] = task_nodes
+            strategy = ATMStrategy(method, params, layout, task_nodes, alpha=cfg.alpha,
+                                   min_task_fraction=cfg.min_task_fraction, max_norm_ratio=cfg.max_norm_ratio,
+                                   seed=cfg.seed, recorder=recorder, on_round_end=save_round, round_offset=done)
+            result = strategy.start(grid=grid, initial_arrays=ArrayRecord(state),
+                                    num_rounds=cfg.num_server_rounds - done, timeout=cfg.round_timeout,
+                                    train_config=ConfigRecord({}), evaluate_config=ConfigRecord({"split": "test"}))
+            if result.arrays is not None:
+                final = result.arrays.to_torch_state_dict()
         if cfg.save_model:
             save_backbone(final, out / "model.safetensors",
                           {"model": family.describe(), "tasks": tasks, "rounds": cfg.num_server_rounds,
@@ -112,6 +136,22 @@ def run_atm(grid: Grid, cfg: RunConfig) -> RunRecorder:
     log.info("per-round accuracy (%%):\n%s", recorder.summary_table())
     log.info("results: %s", out)
     return recorder
+
+
+def _load_resumable(run_dir: Path, cfg: RunConfig, fresh_state: dict) -> checkpoint.Checkpoint:
+    """The stopped run's checkpoint, checked against this run's config and model."""
+    ckpt = checkpoint.load_checkpoint(run_dir)
+    checkpoint.check_compatible(ckpt.config, cfg)
+    if ckpt.round > cfg.num_server_rounds:
+        raise ConfigError(f"cannot resume {run_dir}: it completed {ckpt.round} rounds, more than "
+                          f"num-server-rounds={cfg.num_server_rounds}; raise num-server-rounds.")
+    want = {k: (tuple(v.shape), v.dtype) for k, v in fresh_state.items()}
+    got = {k: (tuple(v.shape), v.dtype) for k, v in ckpt.state.items()}
+    if want != got:
+        bad = sorted(set(want) ^ set(got)) or sorted(k for k in want if want[k] != got[k])
+        raise ConfigError(f"cannot resume {run_dir}: its checkpointed model does not fit this run's model family "
+                          f"(first differing tensor: {bad[0]!r}).")
+    return ckpt
 
 
 @app.main()

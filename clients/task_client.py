@@ -2,7 +2,8 @@
 
 Which task a node serves:
 * deployment: node config ``task=<name>`` (and optionally ``data-dir=<path>`` for the
-  site's local copy), e.g. ``flower-supernode --node-config "task=mnist data-dir=/srv/mnist"``;
+  site's local copy), e.g. ``flower-supernode --node-config 'task="mnist" data-dir="/srv/mnist"'``
+  (Flower parses the values as TOML: strings need double quotes; deploy/start-supernode.sh adds them);
 * simulation: partition ``i`` of ``n`` serves the tasks at positions ``i, i+n, ...`` of
   run-config ``tasks`` (one task per node when ``num-supernodes`` equals the task count).
 
@@ -33,7 +34,7 @@ def node_tasks(cfg: RunConfig, node_config) -> list[str]:
     if "partition-id" in node_config:
         pid, n = int(node_config["partition-id"]), int(node_config["num-partitions"])
         return [t for i, t in enumerate(cfg.task_list) if i % n == pid]
-    raise ValueError("this node has no task: start the SuperNode with --node-config \"task=<name>\" "
+    raise ValueError("this node has no task: start the SuperNode with --node-config 'task=\"<name>\"' "
                      "(and data-dir=<path> for local data).")
 
 

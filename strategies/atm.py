@@ -9,7 +9,10 @@
   registry; the update is ``base + alpha * merge(task vectors)``;
 * it refuses malformed, non-finite and outlying updates, and fails the round
   (``RoundFailed``) rather than keep an unchanged model when too few remain;
-* it evaluates the starting model (round 0) on every task before round 1.
+* it evaluates the starting model (round 0) on every task before round 1;
+* it can continue a stopped run: with ``round_offset`` rounds already done, Flower's
+  round ``i`` is global round ``offset + i`` everywhere (the messages' ``server-round``,
+  so clients continue their example streams; the records; the checkpoints).
 """
 
 from __future__ import annotations
@@ -27,9 +30,9 @@ from flwr.serverapp.strategy import FedAvg, Result
 
 from atm_fl.compression import decode_sparse
 from atm_fl.results import RunRecorder
-from atm_fl.task_vector import Layout, apply_update, flatten, unflatten
+from atm_fl.task_vector import Layout, apply_update, flatten_record, unflatten
 from strategies.registry import MergeContext, MergeMethod
-from strategies.validation import check_task_vector, norm_outliers
+from strategies.validation import check_record, non_finite, norm_outliers
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +65,17 @@ class ATMStrategy(FedAvg):
     recorder : RunRecorder, optional
         Receives per-round metrics, refusals, timings and bytes.
     on_round_end : callable, optional
-        ``on_round_end(server_round, state_dict)`` after each merge (checkpoints).
+        ``on_round_end(server_round, state_dict)`` once a round is merged *and* evaluated
+        (checkpoints); ``state_dict`` is the round's new base.
+    round_offset : int (default: 0)
+        Rounds a stopped run already completed (resume): Flower's round i is round offset + i.
     """
 
     def __init__(self, method: MergeMethod, method_params: dict[str, Any], layout: Layout,
                  task_nodes: dict[str, int], *, alpha: float = 1.0, min_task_fraction: float = 1.0,
                  max_norm_ratio: float = 10.0, seed: int = 0, recorder: RunRecorder | None = None,
-                 on_round_end: Callable[[int, dict[str, torch.Tensor]], None] | None = None) -> None:
+                 on_round_end: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
+                 round_offset: int = 0) -> None:
         super().__init__(min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1)
         self.method, self.method_params = method, dict(method_params)
         self.layout = layout
@@ -79,7 +86,9 @@ class ATMStrategy(FedAvg):
         self.seed = seed
         self.recorder = recorder
         self.on_round_end = on_round_end
+        self.round_offset = int(round_offset)
         self._base: dict[str, torch.Tensor] | None = None
+        self._merged: tuple[int, dict[str, torch.Tensor]] | None = None  # (round, new base) until evaluated
         self._round_started = 0.0
         self._eval_started = 0.0
 
@@ -101,14 +110,20 @@ class ATMStrategy(FedAvg):
             self.recorder.round(server_round).bytes_sent += arrays.count_bytes() * len(out)
         return out
 
+    # Flower calls the public methods with its own round count (1..num_rounds); they add
+    # ``round_offset`` so everything below works on global rounds.
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        server_round += self.round_offset
         self._base = arrays.to_torch_state_dict()
         self._round_started = time.perf_counter()
         return self._messages(server_round, arrays, config, MessageType.TRAIN)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
+        return self._configure_evaluate(server_round + self.round_offset, arrays, config)
+
+    def _configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord) -> list[Message]:
         self._eval_started = time.perf_counter()
         return self._messages(server_round, arrays, config, MessageType.EVALUATE)
 
@@ -123,18 +138,21 @@ class ATMStrategy(FedAvg):
         """The reply's task vector as one flat float32 vector in layout order, or the reason it is refused."""
         info = msg.content.config_records.get("info")
         encoding = str(info.get("encoding", "dense")) if info is not None else "dense"
-        tensors = msg.content["arrays"].to_torch_state_dict()
+        record = msg.content["arrays"]
         if encoding == "sparse":
-            return decode_sparse(tensors, self.layout)
+            return decode_sparse(record.to_torch_state_dict(), self.layout)
         if encoding != "dense":
             return None, f"unknown upload encoding {encoding!r} (expected 'dense' or 'sparse')"
-        reason = check_task_vector(tensors, self.layout)
+        reason = check_record(record, self.layout)
         if reason:
             return None, reason
-        return flatten(tensors, self.layout), None
+        flat = flatten_record(record, self.layout)  # one copy, straight out of the message bytes
+        reason = non_finite(flat, self.layout)
+        return (None, reason) if reason else (flat, None)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None,
                                                                                     MetricRecord | None]:
+        server_round += self.round_offset
         if self._base is None:
             raise RoundFailed("aggregate_train called before configure_train: the round has no base")
         rec = self.recorder.round(server_round) if self.recorder is not None else None
@@ -195,23 +213,40 @@ class ATMStrategy(FedAvg):
             rec.round_seconds = time.perf_counter() - self._round_started
         log.info("round %d: merged %d task vector(s) with %s in %.2fs (|m| = %.4g)", server_round, len(tasks),
                  self.method.name, time.perf_counter() - t0, float(merged.norm()))
-        if self.on_round_end is not None:
-            self.on_round_end(server_round, new_state)
+        self._merged = (server_round, new_state)  # checkpointed once the round is evaluated
         metrics = MetricRecord({f"{t}/{k}": float(v) for t, m in train_metrics.items() for k, v in m.items()}
                                | {"num-tasks-merged": len(tasks)})
         return ArrayRecord(new_state), metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self._aggregate_evaluate(server_round + self.round_offset, replies)
+
+    def _aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         per_task: dict[str, dict[str, float]] = {}
+        failed: dict[str, str] = {}
         for msg in replies:
             task = self._task_of(msg)
             if msg.has_error():
-                log.warning("round %d: evaluation of %s failed: %s", server_round, task, msg.error.reason)
+                failed[task] = f"evaluation: client error: {msg.error.reason}"
                 continue
             per_task[task] = {k: float(v) for k, v in msg.content["metrics"].items()}
+        for t in self.task_nodes:
+            if t not in per_task and t not in failed:
+                failed[t] = "evaluation: no reply before round-timeout"
+        for t, why in failed.items():
+            log.warning("round %d: task %s failed: %s", server_round, t, why)
         if self.recorder is not None:
             self.recorder.round(server_round).eval = per_task
+            self.recorder.round(server_round).failed += [{"task": t, "reason": r} for t, r in failed.items()]
             self.recorder.round(server_round).eval_seconds = time.perf_counter() - self._eval_started
+        if self._merged is not None and self._merged[0] == server_round:
+            if self.on_round_end is not None:
+                t0 = time.perf_counter()
+                self.on_round_end(server_round, self._merged[1])
+                if self.recorder is not None:
+                    self.recorder.round(server_round).checkpoint_seconds = time.perf_counter() - t0
+            self._merged = None
+        if self.recorder is not None:
             self.recorder.write()
         if not per_task:
             return None
@@ -224,14 +259,20 @@ class ATMStrategy(FedAvg):
     def evaluate_round(self, grid: Grid, server_round: int, arrays: ArrayRecord, config: ConfigRecord | None = None,
                        timeout: float = 3600) -> MetricRecord | None:
         """One federated evaluation of ``arrays`` on every task (used for round 0)."""
-        replies = grid.send_and_receive(self.configure_evaluate(server_round, arrays, config or ConfigRecord(), grid),
-                                        timeout=timeout)
-        return self.aggregate_evaluate(server_round, replies)
+        msgs = self._configure_evaluate(server_round, arrays, config or ConfigRecord())
+        return self._aggregate_evaluate(server_round, grid.send_and_receive(msgs, timeout=timeout))
 
     def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
               train_config: ConfigRecord | None = None, evaluate_config: ConfigRecord | None = None,
               evaluate_fn=None) -> Result:
-        """Evaluate the starting model on every task (round 0), then run the rounds."""
-        self.evaluate_round(grid, 0, initial_arrays, evaluate_config, timeout)
+        """Evaluate the starting model on every task (round 0), then run ``num_rounds`` rounds.
+
+        A resumed run (``round_offset`` > 0) skips the round-0 evaluation: the stopped run recorded it.
+        """
+        if self.round_offset == 0:
+            self.evaluate_round(grid, 0, initial_arrays, evaluate_config, timeout)
+        else:
+            log.info("resuming after round %d: running rounds %d..%d (Flower counts them from 1)",
+                     self.round_offset, self.round_offset + 1, self.round_offset + num_rounds)
         return super().start(grid=grid, initial_arrays=initial_arrays, num_rounds=num_rounds, timeout=timeout,
                              train_config=train_config, evaluate_config=evaluate_config, evaluate_fn=evaluate_fn)

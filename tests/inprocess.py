@@ -2,7 +2,10 @@
 
 Each pushed message is handed straight to the ClientApp with the node's Context; an
 exception becomes an error reply, as in Flower's runtimes. ``faults`` lets a test
-replace a node's reply (crash, silence, poisoned vector) to check the server's answer.
+replace a node's reply (crash, silence, a late reply, poisoned vector) to check the
+server's answer. A ``Late(seconds, reply)`` arrives after ``seconds`` of simulated time:
+``send_and_receive`` drops it when that exceeds its ``timeout`` (the server's
+``round-timeout``), as a real Grid would, without the test waiting.
 Building Messages outside a Flower runtime needs ``TaskIdentity`` set: an internal API,
 isolated here (``flower_identity``).
 """
@@ -18,6 +21,13 @@ from flwr.app import Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
 
 SILENT = object()  # a fault that drops the reply (a client that never answers)
+
+
+class Late:
+    """A fault result: ``reply`` arrives ``seconds`` after the message was sent (simulated)."""
+
+    def __init__(self, seconds: float, reply: Message):
+        self.seconds, self.reply = seconds, reply
 
 
 @contextmanager
@@ -47,7 +57,9 @@ class InProcessGrid(Grid):
         self.faults = dict(faults or {})
         self._ids = itertools.count(1)
         self._replies: dict[str, Message] = {}
+        self._delays: dict[str, float] = {}
         self.sent: list[Message] = []
+        self.timeouts: list[float | None] = []  # the timeout of every send_and_receive call
 
     def set_run(self, run) -> None:  # pragma: no cover - not used by the ServerApp
         pass
@@ -76,6 +88,8 @@ class InProcessGrid(Grid):
             fault = self.faults.get(msg.metadata.dst_node_id)
             if fault is not None:
                 reply = fault(msg, reply)
+            if isinstance(reply, Late):
+                self._delays[mid], reply = reply.seconds, reply.reply
             if reply is not SILENT:
                 self._replies[mid] = reply
             ids.append(mid)
@@ -85,4 +99,9 @@ class InProcessGrid(Grid):
         return [self._replies.pop(m) for m in message_ids if m in self._replies]
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        return self.pull_messages(self.push_messages(messages))
+        self.timeouts.append(timeout)
+        ids = list(self.push_messages(messages))
+        for mid in ids:  # a reply later than the timeout is never seen
+            if timeout is not None and self._delays.pop(mid, 0.0) > timeout:
+                self._replies.pop(mid, None)
+        return self.pull_messages(ids)

@@ -14,7 +14,7 @@ from atm_fl.server_app import run_atm
 from clients.task_client import app as client_app
 from strategies.atm import RoundFailed
 from tests.conftest import small_config
-from tests.inprocess import SILENT, InProcessGrid
+from tests.inprocess import SILENT, InProcessGrid, Late
 
 
 def run(tmp_path, faults=None, name="run", **overrides):
@@ -84,8 +84,44 @@ def test_silent_client_is_a_failure_not_an_unchanged_model(tmp_path, identity):
         run(tmp_path, faults={3: on_train(lambda msg, reply: SILENT)})
 
 
+def same_model(a_dir, b_dir):
+    a, b = load_file(str(a_dir / "model.safetensors")), load_file(str(b_dir / "model.safetensors"))
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_crashed_client_is_recorded_and_the_round_merges_the_rest(tmp_path, identity):
+    crash = on_train(lambda msg, reply: Message(Error(code=1, reason="ValueError: disk full"), reply_to=msg))
+    rec, _, out = run(tmp_path, faults={2: crash}, name="crash", **{"min-task-fraction": 0.6})
+    res = json.loads((out / "results.json").read_text())
+    assert res["status"] == "finished"
+    for r in res["rounds"][1:]:
+        assert [f["task"] for f in r["failed"]] == ["optdigits"] and "disk full" in r["failed"][0]["reason"]
+        assert set(r["train"]) == {"mnist", "ising"} and set(r["eval"]) == {"mnist", "optdigits", "ising"}
+    assert res["faults"]["failed"] == 2 and res["faults"]["failed_by_task"] == {"optdigits": 2}
+    # Nothing of the failed task leaks into the model: it equals a run without that task.
+    run(tmp_path, name="without", **{"tasks": "mnist,ising"})
+    assert same_model(out, tmp_path / "without")
+
+
+@pytest.mark.parametrize("delay, late", [(30.0, True), (2.0, False)])
+def test_reply_later_than_round_timeout_counts_as_failed(tmp_path, identity, delay, late):
+    slow = on_train(lambda msg, reply: Late(delay, reply))
+    rec, grid, out = run(tmp_path, faults={3: slow}, name="slow",
+                         **{"min-task-fraction": 0.6, "round-timeout": 5.0, "num-server-rounds": 1})
+    assert set(grid.timeouts[1:]) == {5.0}  # after discovery, every wait uses round-timeout
+    failed = rec.rounds[1].failed
+    if late:
+        assert failed == [{"task": "ising", "reason": "no reply before round-timeout"}]
+        run(tmp_path, name="without", **{"tasks": "mnist,optdigits", "num-server-rounds": 1})
+        assert same_model(out, tmp_path / "without")
+    else:
+        assert failed == [] and set(rec.rounds[1].train) == {"mnist", "optdigits", "ising"}
+
+
 @pytest.mark.parametrize("edit, reason", [
     (lambda tv: {k: v.fill_(float("nan")) if i == 0 else v for i, (k, v) in enumerate(tv.items())}, "NaN"),
+    (lambda tv: {k: v.index_put_((torch.tensor([0]),) * v.dim(), torch.tensor(float("inf"))) if i == 2 else v
+                 for i, (k, v) in enumerate(tv.items())}, "Inf"),
     (lambda tv: {k: (v.reshape(-1)[:-1] if i == 1 else v) for i, (k, v) in enumerate(tv.items())}, "shape"),
     (lambda tv: {**tv, "extra.weight": torch.zeros(3)}, "unexpected"),
     (lambda tv: dict(list(tv.items())[1:]), "missing"),
@@ -97,10 +133,14 @@ def test_bad_update_is_refused_and_merge_equals_the_good_ones_alone(tmp_path, id
                       **{"min-task-fraction": 0.5, "num-server-rounds": 1})
     refused = rec.rounds[1].refused
     assert [r["task"] for r in refused] == ["ising"] and reason in refused[0]["reason"]
+    # Counted in results.json, per round and in total; the good tasks were merged.
+    res = json.loads((out / "results.json").read_text())
+    assert res["status"] == "finished" and res["rounds"][1]["refused"] == refused
+    assert res["faults"]["refused"] == 1 and res["faults"]["refused_by_task"] == {"ising": 1}
+    assert res["faults"]["failed"] == 0
     # The same run without the poisoned task gives exactly the same model.
     run(tmp_path, name="clean", **{"tasks": "mnist,optdigits", "num-server-rounds": 1})
-    a, b = load_file(str(out / "model.safetensors")), load_file(str(tmp_path / "clean" / "model.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert same_model(out, tmp_path / "clean")
 
 
 def test_task_without_a_node_fails_discovery_with_the_fix(tmp_path, identity):
@@ -114,3 +154,17 @@ def test_task_without_a_node_fails_discovery_with_the_fix(tmp_path, identity):
 def test_every_merge_method_runs_end_to_end(tmp_path, identity, method):
     rec, _, _ = run(tmp_path, **{"merge-method": method, "num-server-rounds": 1})
     assert rec.status == "finished" and set(rec.rounds[1].eval) == {"mnist", "optdigits", "ising"}
+
+
+def test_failed_evaluation_is_recorded_and_does_not_stop_the_run(tmp_path, identity):
+    def fault(msg, reply):
+        if msg.metadata.message_type == "evaluate":
+            return Message(Error(code=1, reason="out of memory"), reply_to=msg)
+        return reply
+    rec, _, out = run(tmp_path, faults={1: fault}, **{"num-server-rounds": 1})
+    res = json.loads((out / "results.json").read_text())
+    assert res["status"] == "finished"
+    for r in res["rounds"]:
+        assert set(r["eval"]) == {"optdigits", "ising"}
+        assert r["failed"] == [{"task": "mnist", "reason": "evaluation: client error: out of memory"}]
+    assert res["faults"]["failed_by_task"] == {"mnist": 2}
