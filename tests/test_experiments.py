@@ -1,0 +1,196 @@
+"""Fast tests of the experiment tooling: sweep resume, metrics, α tuning, the report builder.
+
+One real cell (an in-process baselines cell on the tiny backbone, run by the sweep as a
+subprocess) feeds the resume and report tests; ATM cells are faked as finished Flower
+results so the skip logic is tested without starting Ray (the real `flwr run` path is
+covered by tests/test_flwr_run.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from experiments import sweep as sweep_mod
+from experiments.baselines import normalized_accuracy, tune_alpha
+from experiments.grid import load_grid
+
+TASKS = ["mnist", "optdigits", "ising"]
+
+GRID = """
+name = "t"
+[run-config]
+model-family = "tiny-mlp"
+tasks = "mnist,optdigits,ising"
+max-train-examples = 32
+max-eval-examples = 32
+batch-size = 16
+lr = 0.001
+
+[[baselines]]
+seeds = [0]
+budgets = [1, 2]
+merges = ["sum", "mean", "ties"]
+joint = true
+alpha-search = "full"
+replay = { method = "mean", budget = 2, rounds = 2 }
+[baselines.alpha-grid]
+sum = [0.1, 0.3, 0.6, 1.0]
+ties = [0.5, 1.0, 2.0]
+
+[[atm]]
+methods = ["mean"]
+budgets = [2]
+rounds = [1, 2]
+seeds = [0]
+"""
+
+
+def fake_atm_result(path: Path, rounds: int, budget: float, acc: float, evaluated: bool = True) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    recs = [{"round": r, "eval": ({t: {"accuracy": acc - 0.01 * (rounds - r)} for t in TASKS} if evaluated else {})}
+            for r in range(rounds + 1)]
+    (path / "results.json").write_text(json.dumps({
+        "status": "finished", "tasks": TASKS, "rounds": recs,
+        "config": {"merge-method": "mean", "num-server-rounds": rounds, "local-epochs": budget / rounds,
+                   "seed": 0, "train-split": "train", "alpha": 1.0}}))
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    grid_file = root / "grid.toml"
+    grid_file.write_text(GRID)
+    out = root / "out"
+    grid = load_grid(grid_file)
+    # Fake the ATM cells as finished Flower runs; the baselines cell runs for real.
+    fake_atm_result(out / "atm-mean-b2-k1-s0", 1, 2.0, 0.5)
+    fake_atm_result(out / "atm-mean-b2-k2-s0", 2, 2.0, 0.6)
+    summary = sweep_mod.run_sweep(grid, out)
+    return grid, out, summary
+
+
+def test_grid_cells_and_ids(swept):
+    grid, _, _ = swept
+    ids = [c.id for c in grid.cells]
+    assert ids[0] == "baselines-s0"
+    assert set(ids) == {"baselines-s0", "atm-mean-b2-k1-s0", "atm-mean-b2-k2-s0"}
+    cell = next(c for c in grid.atm_cells if c.rounds == 2)
+    rc = cell.run_config(grid.run_config, Path("/x"))
+    assert rc["local-epochs"] == 1.0 and rc["num-server-rounds"] == 2 and rc["run-name"] == cell.id
+    assert rc["output-dir"] == "/x"
+
+
+def test_sweep_runs_the_real_cell_and_skips_finished_ones(swept, caplog):
+    grid, out, summary = swept
+    assert summary["cells"]["baselines-s0"]["status"] == "finished"
+    meta = json.loads((out / "sweep-meta.json").read_text())
+    # Only the baselines cell ran: the fake-finished ATM cells were skipped.
+    assert list(meta["sessions"][-1]["cells"]) == ["baselines-s0"]
+    # Resume: nothing left to run, every cell is skipped.
+    caplog.set_level("INFO", logger="experiments.sweep")
+    sweep_mod.run_sweep(grid, out)
+    assert "cell 1/3 baselines-s0: finished already, skipped" in caplog.text
+    assert json.loads((out / "sweep-meta.json").read_text())["sessions"][-1]["cells"] == {}
+
+
+def test_atm_cell_without_final_evaluation_is_not_finished(tmp_path):
+    fake_atm_result(tmp_path / "a", 2, 2.0, 0.5, evaluated=False)
+    fake_atm_result(tmp_path / "b", 2, 2.0, 0.5)
+    assert not sweep_mod.is_finished(tmp_path / "a")
+    assert sweep_mod.is_finished(tmp_path / "b")
+    assert not sweep_mod.is_finished(tmp_path / "missing")
+
+
+def test_collected_rows_and_normalised_accuracy(swept):
+    _, out, summary = swept
+    rows = summary["rows"]
+    res = json.loads((out / "baselines-s0" / "results.json").read_text())
+    ft2 = next(r for r in res["rows"] if r["method"] == "finetuned" and r["budget"] == 2.0)["accuracy"]
+    atm = [r for r in rows if r["cell"] == "atm-mean-b2-k2-s0"]
+    assert len(atm) == 3
+    for r in atm:
+        assert r["accuracy"] == pytest.approx(0.6)
+        assert r["normalized"] == pytest.approx(0.6 / ft2[r["task"]]) or math.isnan(r["normalized"])
+    methods = {r["method"] for r in rows}
+    assert {"pretrained", "finetuned", "joint", "sum-tuned", "mean-untuned", "ties-tuned", "ties-untuned",
+            "atm-mean"} <= methods
+    assert (out / "results.csv").read_text().startswith("cell,source,method")
+    # Analyses recorded by the real cell.
+    a = summary["analyses"]["baselines-s0"]
+    assert set(a["grad_norm"]) == set(TASKS) and len(a["grad_norm"]["mnist"]["share"]) == 2
+    assert sum(a["grad_norm"]["mnist"]["share"]) == pytest.approx(1.0)
+    assert {"one-shot b2", "atm-mean-b2-k2 r1", "atm-mean-b2-k2 r2"} <= set(a["cosine"])
+    assert any(p["kind"] == "atm" for p in a["pca"]["points"])
+
+
+def test_normalized_accuracy():
+    n = normalized_accuracy({"a": 0.5, "b": 0.9, "c": 0.3}, {"a": 1.0, "b": 0.6, "c": 0.0})
+    assert n["a"] == 0.5 and n["b"] == pytest.approx(1.5) and math.isnan(n["c"])
+    assert math.isnan(normalized_accuracy({"d": 0.5}, {})["d"])
+
+
+def test_tune_alpha_picks_the_best_on_val_not_test():
+    grid = [0.1 * i for i in range(1, 21)]
+    val = lambda a: -(a - 0.7) ** 2  # noqa: E731 - best on val at 0.7
+    test = lambda a: -(a - 1.5) ** 2  # noqa: E731 - best on test at 1.5
+    best, tried = tune_alpha(val, grid, "full")
+    assert best == pytest.approx(0.7) and len(tried) == 20
+    assert max(grid, key=test) != pytest.approx(best)
+    best_cf, tried_cf = tune_alpha(val, grid, "coarse-fine")
+    assert best_cf == pytest.approx(0.7) and len(tried_cf) < len(grid)
+    # Ties go to the first (smallest) alpha.
+    assert tune_alpha(lambda a: 1.0, [0.5, 1.0, 2.0])[0] == 0.5
+
+
+def test_baselines_choose_alpha_by_validation_scores(swept):
+    _, out, _ = swept
+    res = json.loads((out / "baselines-s0" / "results.json").read_text())
+    for name, tried in res["alpha_search"].items():
+        method, b = name.split(" b")
+        best = max(tried, key=lambda p: p["val_normalized"])  # first max = smallest alpha on ties
+        row = next(r for r in res["rows"] if r["method"] == f"{method}-tuned" and r["budget"] == float(b))
+        assert row["alpha"] == pytest.approx(best["alpha"])
+    assert [p["alpha"] for p in res["alpha_search"]["sum b1"]] == [0.1, 0.3, 0.6, 1.0]
+
+
+def test_report_builds_markdown_and_pngs(swept, tmp_path):
+    from experiments.report import build_report
+
+    _, out, _ = swept
+    md = build_report(out, tmp_path / "rep").read_text()
+    for png in ("radar", "accuracy_vs_budget", "budget_split", "cosine", "pca", "grad_norm", "alpha_search"):
+        f = tmp_path / "rep" / f"{png}.png"
+        assert f.exists() and f.read_bytes()[:4] == b"\x89PNG", png
+        assert f"({png}.png)" in md
+    assert "## Headline" in md and "ATM (mean), 2 rounds" in md and "Budget 2 epochs" in md
+    assert "wins against" in md or "ties with" in md or "loses to" in md
+    assert (tmp_path / "rep" / "results.csv").exists() and (tmp_path / "rep" / "summary.json").exists()
+
+
+def test_other_seeds_can_reuse_the_alphas_seed_0_chose(swept):
+    _, out, _ = swept
+    res = json.loads((out / "baselines-s0" / "results.json").read_text())
+    spec = sweep_mod.reused_alphas(out / "baselines-s0")
+    tuned = {f"{r['method'][:-6]} b{r['budget']:g}": r["alpha"] for r in res["rows"] if r["method"].endswith("-tuned")}
+    assert spec["alpha-fixed"] == tuned and spec["alpha-from-seed"] == 0
+    assert sweep_mod.reused_alphas(out / "baselines-s9") == {}
+
+
+def test_multi_epoch_fine_tuning_walks_the_whole_example_stream():
+    """Budgets > 1 epoch must train that many epochs (``iterate`` once stopped after one)."""
+    import torch
+
+    from atm_fl.models.base import iterate
+    from atm_fl.train import example_stream
+
+    data = {"x": torch.arange(10), "labels": torch.zeros(10, dtype=torch.long)}
+    order = example_stream(10, 0, 40, seed=0)  # 4 epochs
+    batches = list(iterate(data, 4, order))
+    assert len(batches) == 10 and sum(len(b["labels"]) for b in batches) == 40
+    assert sorted(torch.cat([b["x"] for b in batches]).tolist()) == sorted(list(range(10)) * 4)
+    half = list(iterate(data, 4, example_stream(10, 0, 5, seed=0)))  # half an epoch: no empty batches
+    assert [len(b["labels"]) for b in half] == [4, 1]
