@@ -1,6 +1,7 @@
 """Per-round checkpoints of a run, and resuming from the last complete round.
 
-After every complete round (merged and evaluated) the server writes, under
+At the end of every round (merged, and evaluated unless that evaluation rides with the
+next round's train messages, run-config ``evaluate-in-train``) the server writes, under
 ``<run dir>/checkpoint/``:
 
 * ``round-NNNN.safetensors``: the base after round NNNN (the full backbone state dict);

@@ -94,6 +94,10 @@ KEYS: tuple[Key, ...] = (
     Key("upload-density", 0.1, "Fraction of entries a sparsifying upload keeps (topk, ties-trim, dare).",
         check=lambda x: 0.0 < x <= 1.0, expect="a number in (0, 1]"),
     Key("upload-values", "fp32", "Value type of sparse uploads: 'fp32' or 'fp16'.", choices=("fp32", "fp16")),
+    Key("evaluate-in-train", True,
+        "Score each round's merged model at the start of the next round's train message (one message per task "
+        "per round instead of two); the last round, and a task whose train reply brought no score, get a separate "
+        "evaluate message. false: Flower's separate evaluate phase every round.", ),
     Key("round-timeout", 3600.0, "Seconds the server waits for a round's replies.",
         check=_positive, expect="a number > 0"),
     Key("discovery-timeout", 120.0, "Seconds the server waits for one node per task to connect.",

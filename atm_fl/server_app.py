@@ -117,7 +117,8 @@ def run_atm(grid: Grid, cfg: RunConfig) -> RunRecorder:
             recorder.extra["task_nodes"] = task_nodes
             strategy = ATMStrategy(method, params, layout, task_nodes, alpha=cfg.alpha,
                                    min_task_fraction=cfg.min_task_fraction, max_norm_ratio=cfg.max_norm_ratio,
-                                   seed=cfg.seed, recorder=recorder, on_round_end=save_round, round_offset=done)
+                                   seed=cfg.seed, recorder=recorder, on_round_end=save_round, round_offset=done,
+                                   evaluate_in_train=cfg.evaluate_in_train)
             result = strategy.start(grid=grid, initial_arrays=ArrayRecord(state),
                                     num_rounds=cfg.num_server_rounds - done, timeout=cfg.round_timeout,
                                     train_config=ConfigRecord({}), evaluate_config=ConfigRecord({"split": "test"}))

@@ -8,6 +8,7 @@ frozen because BatchNorm runs in eval mode, and integer step counters) never are
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -72,6 +73,20 @@ def _npy_view(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype=dtype, count=int(np.prod(shape)), offset=header.tell()).reshape(shape)
 
 
+def record_views(record) -> dict[str, torch.Tensor]:
+    """Read-only torch views of every array in a Flower ``ArrayRecord`` (no copy).
+
+    ``record.to_torch_state_dict()`` copies each array out of the message bytes
+    (``np.load``); a consumer that only reads them (``load_state_dict`` copies into the
+    model anyway; a task vector subtracts) can use these views, which stay valid while
+    the record lives. Writing to them is undefined: torch warns that the buffer is not
+    writable, which is silenced here because nothing writes.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return {name: torch.from_numpy(_npy_view(record[name].data)) for name in record}
+
+
 def flatten_record(record, layout: Layout) -> torch.Tensor:
     """Flatten a Flower ``ArrayRecord`` holding the layout's tensors straight into one float32 vector.
 
@@ -80,13 +95,8 @@ def flatten_record(record, layout: Layout) -> torch.Tensor:
     array's bytes in place copies it once. The record must already have passed
     ``strategies.validation.check_record`` (keys, shapes, dtypes).
     """
-    out = torch.empty(layout.numel, dtype=torch.float32)
-    offset = 0
-    for name, shape in layout.entries:
-        view = torch.from_numpy(_npy_view(record[name].data).reshape(-1))
-        out[offset:offset + view.numel()].copy_(view)
-        offset += view.numel()
-    return out
+    views = record_views(record)
+    return flatten({name: views[name] for name in layout.keys}, layout)
 
 
 def unflatten(flat: torch.Tensor, layout: Layout) -> dict[str, torch.Tensor]:

@@ -8,12 +8,15 @@ Which task a node serves:
   run-config ``tasks`` (one task per node when ``num-supernodes`` equals the task count).
 
 The server asks each node which tasks it serves (a ``query`` message) and addresses each
-train/evaluate message to one task by name.
+train/evaluate message to one task by name. A train message whose config has
+``evaluate-split`` first scores the base it carries (the previous round's merged model)
+and returns those metrics beside the task vector (run-config ``evaluate-in-train``).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -22,7 +25,7 @@ from atm_fl.compression import encode_upload, upload_seed
 from atm_fl.config import RunConfig, parse_run_config
 from atm_fl.logs import setup_logging
 from atm_fl.runtime import get_task_runtime
-from atm_fl.task_vector import Layout
+from atm_fl.task_vector import Layout, record_views
 
 log = logging.getLogger(__name__)
 app = ClientApp()
@@ -61,11 +64,30 @@ def train(msg: Message, context: Context) -> Message:
     cfg, task, data_dir = _resolve(msg, context)
     server_round = int(msg.content["config"]["server-round"])
     runtime = get_task_runtime(cfg, task, data_dir)
-    tv, metrics = runtime.train_round(msg.content["arrays"].to_torch_state_dict(), server_round)
+    base = record_views(msg.content["arrays"])  # read in place: load_state_dict copies into the model
+    content, info = {}, {"task": task}
+    split = msg.content["config"].get("evaluate-split")
+    if split:
+        # Score the received base (the previous round's model) before fine-tuning it. A failed
+        # evaluation is reported, not raised: the task vector is still worth sending.
+        try:
+            content["evaluation"] = MetricRecord(_timed_evaluate(runtime, base, str(split)))
+        except Exception as exc:  # noqa: BLE001
+            log.exception("[%s r%d] evaluation of the received model failed", task, server_round)
+            info["evaluation-error"] = f"{type(exc).__name__}: {exc}"
+    tv, metrics = runtime.train_round(base, server_round)
     arrays, encoding = encode_upload(tv, Layout.of(tv, runtime.keys), cfg.upload_compression, cfg.upload_density,
                                      cfg.upload_values, upload_seed(cfg.seed, server_round, task))
+    info["encoding"] = encoding
     return Message(RecordDict({"arrays": ArrayRecord(arrays), "metrics": MetricRecord(metrics),
-                               "info": ConfigRecord({"task": task, "encoding": encoding})}), reply_to=msg)
+                               "info": ConfigRecord(info), **content}), reply_to=msg)
+
+
+def _timed_evaluate(runtime, state, split: str) -> dict[str, float]:
+    t0 = time.perf_counter()
+    metrics = runtime.evaluate(state, split)
+    metrics["seconds"] = time.perf_counter() - t0
+    return metrics
 
 
 @app.evaluate()
@@ -73,6 +95,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     cfg, task, data_dir = _resolve(msg, context)
     runtime = get_task_runtime(cfg, task, data_dir)
     split = str(msg.content["config"].get("split", "test"))
-    metrics = runtime.evaluate(msg.content["arrays"].to_torch_state_dict(), split)
-    return Message(RecordDict({"metrics": MetricRecord(metrics), "info": ConfigRecord({"task": task})}),
-                   reply_to=msg)
+    metrics = _timed_evaluate(runtime, record_views(msg.content["arrays"]), split)
+    # Echo the round whose model was scored: one evaluate phase may score two rounds' models.
+    info = {"task": task, "server-round": int(msg.content["config"]["server-round"])}
+    return Message(RecordDict({"metrics": MetricRecord(metrics), "info": ConfigRecord(info)}), reply_to=msg)

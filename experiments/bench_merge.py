@@ -43,6 +43,8 @@ import subprocess
 import sys
 import time
 
+from experiments.machine import cpu_model
+
 METHODS = ("mean", "sum", "ties", "breadcrumbs", "dare", "dare_ties")
 VIT_B16_VISUAL = 86_192_640
 
@@ -95,17 +97,6 @@ def vit_like_layout(d: int) -> list[tuple[str, tuple[int, ...]]]:
 def _rss_kb() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _worker(method: str, impl: str, d: int, tasks: int, seed: int, repeat: int) -> dict:
@@ -248,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    meta = {"cpu": _cpu_model(), "cores": os.cpu_count(), "d": args.d, "tasks": args.tasks,
+    meta = {"cpu": cpu_model(), "cores": os.cpu_count(), "d": args.d, "tasks": args.tasks,
             "input_mb": args.d * args.tasks * 4 / 2**20, "repeat": args.repeat, "torch": torch.__version__,
             "threads": torch.get_num_threads(), "python": platform.python_version(),
             "command": "python -m experiments.bench_merge " + " ".join(sys.argv[1:] if argv is None else argv)}

@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from experiments.machine import machine_info
+
 log = logging.getLogger("experiments.bench_upload")
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {name} | {r['bytes_per_client_round']:,.0f} | {red:.1f}x | "
                      f"{100 * r['final_average_accuracy']:.2f} | {delta:+.2f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"runs": rows, "run_config": args.run_config}, indent=2))
+    args.out.write_text(json.dumps({"machine": machine_info(), "runs": rows, "run_config": args.run_config,
+                                    "table": lines}, indent=2))
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
 

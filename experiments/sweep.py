@@ -23,7 +23,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import shlex
 import signal
 import socket
@@ -34,7 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from experiments.grid import ROOT, AtmCell, BaselineCell, Grid, load_grid
+from experiments.grid import ROOT, AtmCell, Grid, load_grid
+from experiments.machine import machine_info
 
 log = logging.getLogger("experiments.sweep")
 
@@ -52,31 +52,6 @@ def is_finished(cell_dir: Path) -> bool:
         return True
     rounds = res.get("rounds") or []
     return bool(rounds) and set(rounds[-1].get("eval") or {}) >= set(res.get("tasks") or [])
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        import torch
-
-        torch_v, threads = torch.__version__, torch.get_num_threads()
-    except ImportError:  # pragma: no cover
-        torch_v, threads = "", 0
-    try:
-        import flwr
-
-        flwr_v = flwr.__version__
-    except (ImportError, AttributeError):  # pragma: no cover
-        flwr_v = ""
-    return {"cpu": cpu or platform.processor(), "cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch_v, "torch_threads": threads, "flwr": flwr_v, "platform": platform.platform()}
 
 
 def _toml_value(v: Any) -> str:

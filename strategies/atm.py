@@ -9,7 +9,12 @@
   registry; the update is ``base + alpha * merge(task vectors)``;
 * it refuses malformed, non-finite and outlying updates, and fails the round
   (``RoundFailed``) rather than keep an unchanged model when too few remain;
-* it evaluates the starting model (round 0) on every task before round 1;
+* it evaluates every round's model on every task, round 0 (the starting model)
+  included. By default (``evaluate_in_train``) that evaluation rides with the next
+  round's train message: the client scores the base it receives before fine-tuning
+  it, so a round costs one message per task instead of two. The last round's model,
+  and any model whose evaluation did not come back with a train reply (a crashed
+  client), get a separate evaluate message;
 * it can continue a stopped run: with ``round_offset`` rounds already done, Flower's
   round ``i`` is global round ``offset + i`` everywhere (the messages' ``server-round``,
   so clients continue their example streams; the records; the checkpoints).
@@ -30,7 +35,7 @@ from flwr.serverapp.strategy import FedAvg, Result
 
 from atm_fl.compression import decode_sparse
 from atm_fl.results import RunRecorder
-from atm_fl.task_vector import Layout, apply_update, flatten_record, unflatten
+from atm_fl.task_vector import Layout, apply_update, flatten_record, record_views, unflatten
 from strategies.registry import MergeContext, MergeMethod
 from strategies.validation import check_record, non_finite, norm_outliers
 
@@ -69,13 +74,16 @@ class ATMStrategy(FedAvg):
         (checkpoints); ``state_dict`` is the round's new base.
     round_offset : int (default: 0)
         Rounds a stopped run already completed (resume): Flower's round i is round offset + i.
+    evaluate_in_train : bool (default: True)
+        Evaluate round r's model at the start of round r + 1's train messages instead
+        of in a separate evaluate phase (run-config ``evaluate-in-train``).
     """
 
     def __init__(self, method: MergeMethod, method_params: dict[str, Any], layout: Layout,
                  task_nodes: dict[str, int], *, alpha: float = 1.0, min_task_fraction: float = 1.0,
                  max_norm_ratio: float = 10.0, seed: int = 0, recorder: RunRecorder | None = None,
                  on_round_end: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
-                 round_offset: int = 0) -> None:
+                 round_offset: int = 0, evaluate_in_train: bool = True) -> None:
         super().__init__(min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1)
         self.method, self.method_params = method, dict(method_params)
         self.layout = layout
@@ -87,6 +95,14 @@ class ATMStrategy(FedAvg):
         self.recorder = recorder
         self.on_round_end = on_round_end
         self.round_offset = int(round_offset)
+        self.evaluate_in_train = bool(evaluate_in_train)
+        self._last_round = 0  # global number of the run's last round (set by start)
+        self._eval_split = "test"
+        # Evaluations that did not ride with a train reply: task -> reason; sent separately.
+        self._eval_lost: dict[str, str] = {}
+        self._eval_pending: set[tuple[int, str]] = set()  # (round, task) out for evaluation
+        self.scores: dict[int, dict[str, dict[str, float]]] = {}  # round -> task -> evaluation metrics
+        self._unlogged: set[int] = set()  # rounds with new scores, logged once their evaluation settles
         self._base: dict[str, torch.Tensor] | None = None
         self._merged: tuple[int, dict[str, torch.Tensor]] | None = None  # (round, new base) until evaluated
         self._round_started = 0.0
@@ -101,13 +117,17 @@ class ATMStrategy(FedAvg):
                  self.method_params, self.alpha, len(self.task_nodes), len(self.layout.entries), self.layout.numel)
 
     # --- messages ------------------------------------------------------------------
-    def _messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, kind: str) -> list[Message]:
+    def _messages(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, kind: str,
+                  tasks: Iterable[str] | None = None, *, charge_round: int | None = None) -> list[Message]:
+        """One message per task (all, or ``tasks``); bytes are charged to ``charge_round`` (default: this one)."""
         out = []
-        for task, node in self.task_nodes.items():
+        for task in (self.tasks if tasks is None else tasks):
             cfg = ConfigRecord({**dict(config), "server-round": server_round, "task": task})
-            out.append(Message(RecordDict({"arrays": arrays, "config": cfg}), message_type=kind, dst_node_id=node))
-        if self.recorder is not None:
-            self.recorder.round(server_round).bytes_sent += arrays.count_bytes() * len(out)
+            out.append(Message(RecordDict({"arrays": arrays, "config": cfg}), message_type=kind,
+                               dst_node_id=self.task_nodes[task]))
+        if self.recorder is not None and out:
+            charged = server_round if charge_round is None else charge_round
+            self.recorder.round(charged).bytes_sent += arrays.count_bytes() * len(out)
         return out
 
     # Flower calls the public methods with its own round count (1..num_rounds); they add
@@ -115,16 +135,34 @@ class ATMStrategy(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         server_round += self.round_offset
-        self._base = arrays.to_torch_state_dict()
+        self._base = record_views(arrays)  # read in place; the round's new base is a fresh dict
         self._round_started = time.perf_counter()
+        if self.evaluate_in_train:
+            # The client first scores the base it receives: round (server_round - 1)'s model.
+            config = ConfigRecord({**dict(config), "evaluate-split": self._eval_split})
+            self._eval_pending = {(server_round - 1, t) for t in self.tasks}
         return self._messages(server_round, arrays, config, MessageType.TRAIN)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        return self._configure_evaluate(server_round + self.round_offset, arrays, config)
+        server_round += self.round_offset
+        self._eval_started = time.perf_counter()
+        msgs = []
+        if self._eval_lost and self._base is not None:
+            # Evaluations of the previous model that a failed train reply took with it.
+            lost = [t for t in self.tasks if t in self._eval_lost]
+            log.info("round %d: evaluating round %d's model separately on %s (its train reply brought no score: %s)",
+                     server_round, server_round - 1, ", ".join(lost), "; ".join(self._eval_lost[t] for t in lost))
+            msgs += self._messages(server_round - 1, ArrayRecord(self._base), config, MessageType.EVALUATE, lost,
+                                   charge_round=server_round)
+            self._eval_pending |= {(server_round - 1, t) for t in lost}
+            self._eval_lost = {}
+        if not self.evaluate_in_train or server_round >= self._last_round:
+            msgs += self._configure_evaluate(server_round, arrays, config)
+        return msgs
 
     def _configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord) -> list[Message]:
-        self._eval_started = time.perf_counter()
+        self._eval_pending |= {(server_round, t) for t in self.tasks}
         return self._messages(server_round, arrays, config, MessageType.EVALUATE)
 
     # --- replies -------------------------------------------------------------------
@@ -140,7 +178,7 @@ class ATMStrategy(FedAvg):
         encoding = str(info.get("encoding", "dense")) if info is not None else "dense"
         record = msg.content["arrays"]
         if encoding == "sparse":
-            return decode_sparse(record.to_torch_state_dict(), self.layout)
+            return decode_sparse(record_views(record), self.layout)
         if encoding != "dense":
             return None, f"unknown upload encoding {encoding!r} (expected 'dense' or 'sparse')"
         reason = check_record(record, self.layout)
@@ -160,6 +198,8 @@ class ATMStrategy(FedAvg):
         refused: dict[str, str] = {}
         failed: dict[str, str] = {}
         train_metrics: dict[str, dict[str, float]] = {}
+        evaluated: dict[str, dict[str, float]] = {}  # the previous model's scores that rode along
+        eval_failed: dict[str, str] = {}
         for msg in replies:
             task = self._task_of(msg)
             if msg.has_error():
@@ -167,6 +207,12 @@ class ATMStrategy(FedAvg):
                 continue
             if rec is not None:
                 rec.bytes_received += msg.content["arrays"].count_bytes()
+            if self.evaluate_in_train:
+                info = msg.content.config_records.get("info")
+                if "evaluation" in msg.content.metric_records:
+                    evaluated[task] = {k: float(v) for k, v in msg.content["evaluation"].items()}
+                elif info is not None and "evaluation-error" in info:
+                    eval_failed[task] = f"evaluation: client error: {info['evaluation-error']}"
             flat, reason = self._decode(msg)
             if reason:
                 refused[task] = reason
@@ -176,6 +222,12 @@ class ATMStrategy(FedAvg):
         missing = [t for t in self.task_nodes if t not in vectors and t not in refused and t not in failed]
         for t in missing:
             failed[t] = "no reply before round-timeout"
+        if self.evaluate_in_train:
+            self._record_evaluations(server_round - 1, evaluated, eval_failed)
+            # Replies that never came (or came without a score) leave the previous model
+            # unscored on their task: configure_evaluate sends those tasks a separate message.
+            self._eval_lost = {t: failed.get(t, "no evaluation in the train reply")
+                               for t in self.tasks if t not in evaluated and t not in eval_failed}
         norms = {t: float(torch.linalg.vector_norm(v, dtype=torch.float64)) for t, v in vectors.items()}
         for t, why in norm_outliers(norms, self.max_norm_ratio).items():
             refused[t] = why
@@ -221,23 +273,37 @@ class ATMStrategy(FedAvg):
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         return self._aggregate_evaluate(server_round + self.round_offset, replies)
 
+    def _record_evaluations(self, server_round: int, per_task: dict[str, dict[str, float]],
+                            failed: dict[str, str]) -> None:
+        """Store scores (and failures) of round ``server_round``'s model; settle them as pending."""
+        self._eval_pending -= {(server_round, t) for t in [*per_task, *failed]}
+        if per_task:
+            self.scores.setdefault(server_round, {}).update(per_task)
+            self._unlogged.add(server_round)
+        for t, why in failed.items():
+            log.warning("round %d: task %s failed: %s", server_round, t, why)
+        if self.recorder is not None and (per_task or failed):
+            rec = self.recorder.round(server_round)
+            rec.eval.update(per_task)
+            rec.failed += [{"task": t, "reason": r} for t, r in failed.items()]
+
     def _aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        per_task: dict[str, dict[str, float]] = {}
-        failed: dict[str, str] = {}
+        """Record evaluate replies (each names the round whose model it scored); log every completed round."""
+        scored: dict[int, dict[str, dict[str, float]]] = {}
+        errors: dict[str, str] = {}
         for msg in replies:
             task = self._task_of(msg)
             if msg.has_error():
-                failed[task] = f"evaluation: client error: {msg.error.reason}"
+                errors[task] = f"evaluation: client error: {msg.error.reason}"
                 continue
-            per_task[task] = {k: float(v) for k, v in msg.content["metrics"].items()}
-        for t in self.task_nodes:
-            if t not in per_task and t not in failed:
-                failed[t] = "evaluation: no reply before round-timeout"
-        for t, why in failed.items():
-            log.warning("round %d: task %s failed: %s", server_round, t, why)
+            info = msg.content["info"]
+            evaluated_round = int(info["server-round"]) if "server-round" in info else server_round
+            scored.setdefault(evaluated_round, {})[task] = {k: float(v) for k, v in msg.content["metrics"].items()}
+        for r, per_task in sorted(scored.items()):
+            self._record_evaluations(r, per_task, {})
+        for r, t in sorted(self._eval_pending):  # what is still out failed, with its reply's error if any
+            self._record_evaluations(r, {}, {t: errors.get(t, "evaluation: no reply before round-timeout")})
         if self.recorder is not None:
-            self.recorder.round(server_round).eval = per_task
-            self.recorder.round(server_round).failed += [{"task": t, "reason": r} for t, r in failed.items()]
             self.recorder.round(server_round).eval_seconds = time.perf_counter() - self._eval_started
         if self._merged is not None and self._merged[0] == server_round:
             if self.on_round_end is not None:
@@ -248,17 +314,25 @@ class ATMStrategy(FedAvg):
             self._merged = None
         if self.recorder is not None:
             self.recorder.write()
-        if not per_task:
-            return None
+        out = None
+        for r in sorted(self._unlogged):
+            out = self._log_round(r)
+        self._unlogged.clear()
+        return out
+
+    def _log_round(self, server_round: int) -> MetricRecord:
+        per_task = self.scores[server_round]
         avg = sum(m["accuracy"] for m in per_task.values()) / len(per_task)
         log.info("round %d accuracy: %s | average %.2f%%", server_round,
                  ", ".join(f"{t} {100 * m['accuracy']:.2f}%" for t, m in per_task.items()), 100 * avg)
-        return MetricRecord({f"{t}/accuracy": m["accuracy"] for t, m in per_task.items()} | {"average/accuracy": avg})
+        return MetricRecord({f"{t}/accuracy": m["accuracy"] for t, m in per_task.items()}
+                            | {"average/accuracy": avg, "evaluated-round": server_round})
 
     # --- run -----------------------------------------------------------------------
     def evaluate_round(self, grid: Grid, server_round: int, arrays: ArrayRecord, config: ConfigRecord | None = None,
                        timeout: float = 3600) -> MetricRecord | None:
-        """One federated evaluation of ``arrays`` on every task (used for round 0)."""
+        """One federated evaluation of ``arrays`` on every task (round 0 when evaluation does not ride with training)."""
+        self._eval_started = time.perf_counter()
         msgs = self._configure_evaluate(server_round, arrays, config or ConfigRecord())
         return self._aggregate_evaluate(server_round, grid.send_and_receive(msgs, timeout=timeout))
 
@@ -267,11 +341,16 @@ class ATMStrategy(FedAvg):
               evaluate_fn=None) -> Result:
         """Evaluate the starting model on every task (round 0), then run ``num_rounds`` rounds.
 
-        A resumed run (``round_offset`` > 0) skips the round-0 evaluation: the stopped run recorded it.
+        With ``evaluate_in_train`` the starting model is scored by round 1's train messages
+        (on a resumed run: the checkpointed model, by the first resumed round). Otherwise
+        round 0 is a separate evaluation, which a resumed run skips: the stopped run recorded it.
         """
-        if self.round_offset == 0:
+        self._last_round = self.round_offset + num_rounds
+        if evaluate_config is not None and "split" in evaluate_config:
+            self._eval_split = str(evaluate_config["split"])
+        if self.round_offset == 0 and not self.evaluate_in_train:
             self.evaluate_round(grid, 0, initial_arrays, evaluate_config, timeout)
-        else:
+        elif self.round_offset:
             log.info("resuming after round %d: running rounds %d..%d (Flower counts them from 1)",
                      self.round_offset, self.round_offset + 1, self.round_offset + num_rounds)
         return super().start(grid=grid, initial_arrays=initial_arrays, num_rounds=num_rounds, timeout=timeout,

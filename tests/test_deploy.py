@@ -13,77 +13,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import signal
-import socket
 import subprocess
-import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-DEPLOY = ROOT / "deploy"
+from experiments.local_deployment import INTRUDER, local_deployment
+
 SITES = ("mnist", "optdigits")
 pytestmark = pytest.mark.e2e
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-@dataclass
-class Deployment:
-    tmp: Path
-    env: dict
-    port: int
-    node_ids: dict = field(default_factory=dict)  # site -> node id from registration
-    procs: dict = field(default_factory=dict)  # name -> Popen
-    logs: dict = field(default_factory=dict)  # name -> log path
-    local_data: bool = False
-
-    def start(self, name: str, cmd: list[str]) -> subprocess.Popen:
-        log = self.tmp / f"{name}.log"
-        with open(log, "wb") as fh:
-            proc = subprocess.Popen(cmd, env=self.env, stdout=fh, stderr=subprocess.STDOUT, cwd=self.tmp)
-        self.procs[name], self.logs[name] = proc, log
-        return proc
-
-    def stop_all(self) -> None:
-        """SIGTERM every process started here by PID, then SIGKILL what is left after 15 s."""
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGTERM)
-        deadline = time.time() + 15
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-    def sh(self, *args: str, timeout: int = 60) -> str:
-        out = subprocess.run([str(a) for a in args], env=self.env, cwd=self.tmp, capture_output=True, text=True,
-                             timeout=timeout)
-        assert out.returncode == 0, f"{args}: {out.stdout}\n{out.stderr}"
-        return out.stdout
-
-    def log(self, name: str) -> str:
-        return self.logs[name].read_text(errors="replace")
-
-    def atm_fl_run(self, run_config: str, timeout: int = 300) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "atm_fl.cli", "run", ".", "sites", "--run-config", run_config],
-                              env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 def write_site_data(root: Path) -> None:
@@ -103,69 +41,17 @@ def write_site_data(root: Path) -> None:
                 Image.fromarray(np.asarray(data[int(i)]["image"], dtype=np.uint8)).save(folder / f"{i}.png")
 
 
-def wait_online(dep: Deployment, n: int, timeout: float = 90) -> list[dict]:
-    """The SuperLink's node list once ``n`` nodes are online (each flwr call costs ~1 s of CPU: poll gently)."""
-    deadline = time.time() + timeout
-    nodes: list[dict] = []
-    while time.time() < deadline:
-        for name, proc in dep.procs.items():
-            assert name == "intruder" or proc.poll() is None, f"{name} exited:\n{dep.log(name)[-3000:]}"
-        if sum("SuperNode ID:" in dep.log(site) for site in SITES) < n:
-            time.sleep(0.5)
-            continue
-        out = subprocess.run(["flwr", "supernode", "ls", "sites", "--format", "json"], env=dep.env, cwd=dep.tmp,
-                             capture_output=True, text=True)
-        try:
-            nodes = json.loads(out.stdout[out.stdout.index("{"):])["nodes"]
-        except ValueError:
-            nodes = []
-        if sum(nd["status"] == "online" for nd in nodes) >= n:
-            return nodes
-        time.sleep(2)
-    raise AssertionError(f"fewer than {n} SuperNodes online after {timeout}s: {nodes}")
-
-
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("deploy")
-    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
-           "FLWR_HOME": str(tmp / "flwr-home"), "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-           "HF_DATASETS_CACHE": str(tmp / "hf-datasets"), "PYTHONUNBUFFERED": "1"}
-    dep = Deployment(tmp=tmp, env=env, port=free_port())
-    try:
-        # 1. certificates and site keys
-        dep.sh(DEPLOY / "make-certs.sh", tmp / "certs", "127.0.0.1")
-        dep.sh(DEPLOY / "make-node-keys.sh", tmp / "keys", *SITES, "intruder")
-        # 2. the SuperLink, TLS + node authentication, on loopback
-        link = dep.start("superlink", [str(DEPLOY / "start-superlink.sh"), "--host", "127.0.0.1", "--port",
-                                       str(dep.port), "--certs", str(tmp / "certs"), "--state", str(tmp / "state")])
-        deadline = time.time() + 60
-        while not port_open(dep.port):
-            assert link.poll() is None and time.time() < deadline, dep.log("superlink")[-3000:]
-            time.sleep(0.3)
-        # 3. the CLI's federation entry, and each site's key registered
-        dep.sh(DEPLOY / "add-federation.sh", "sites", f"127.0.0.1:{dep.port}", tmp / "certs" / "ca.crt")
-        for site in SITES:
-            out = dep.sh(DEPLOY / "register-site.sh", "sites", tmp / "keys" / f"{site}.pub", site)
-            dep.node_ids[site] = int(out.split("as node ")[1].split()[0])
-        # 4. one SuperNode per site; optdigits serves its own data directory when local data is supported
-        dep.local_data = importlib.util.find_spec("atm_fl.tasks.local") is not None
-        if dep.local_data:
-            write_site_data(tmp / "optdigits-site")
-        for site in SITES:
-            extra = ["--data-dir", str(tmp / "optdigits-site")] if site == "optdigits" and dep.local_data else []
-            dep.start(site, [str(DEPLOY / "start-supernode.sh"), "--superlink", f"127.0.0.1:{dep.port}",
-                             "--ca", str(tmp / "certs" / "ca.crt"), "--key", str(tmp / "keys" / site),
-                             "--task", site, "--port", str(free_port()), *extra])
-        # 5. a SuperNode whose key nobody registered
-        dep.start("intruder", [str(DEPLOY / "start-supernode.sh"), "--superlink", f"127.0.0.1:{dep.port}",
-                               "--ca", str(tmp / "certs" / "ca.crt"), "--key", str(tmp / "keys" / "intruder"),
-                               "--task", "mnist", "--port", str(free_port()), "--", "--max-retries", "2",
-                               "--max-wait-time", "20"])
-        wait_online(dep, len(SITES))
+    # optdigits serves its own local data directory (written here) when local data is supported.
+    local_data = importlib.util.find_spec("atm_fl.tasks.local") is not None
+    if local_data:
+        write_site_data(tmp / "optdigits-site")
+    with local_deployment(tmp, SITES, {"optdigits": tmp / "optdigits-site"} if local_data else None,
+                          intruder=True) as dep:
+        dep.local_data = local_data
         yield dep
-    finally:
-        dep.stop_all()
 
 
 RUN_CONFIG = ("model-family='tiny-mlp' tasks='mnist,optdigits' num-server-rounds=1 image-size=32 max-train-examples=32 "
@@ -203,13 +89,13 @@ def test_failed_remote_run_exits_nonzero(deployment):
 
 
 def test_unregistered_supernode_is_refused(deployment):
-    intruder = deployment.procs["intruder"]
+    intruder = deployment.procs[INTRUDER]
     try:
         code = intruder.wait(timeout=60)
     except subprocess.TimeoutExpired:
         pytest.fail("the SuperNode with an unregistered key is still running:\n" + deployment.log("intruder")[-3000:])
     assert code != 0
-    assert "Failed to activate SuperNode" in deployment.log("intruder")
+    assert "Failed to activate SuperNode" in deployment.log(INTRUDER)
     assert "No SuperNode found with the given public key" in deployment.log("superlink")
-    nodes = wait_online(deployment, len(SITES), timeout=5)
+    nodes = deployment.wait_online(len(SITES), timeout=5)
     assert {int(nd["node-id"]) for nd in nodes} == set(deployment.node_ids.values())

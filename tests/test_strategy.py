@@ -45,7 +45,8 @@ def test_run_writes_results_for_every_round_and_task(tmp_path, identity):
     assert res["status"] == "finished" and [r["round"] for r in res["rounds"]] == [0, 1, 2]
     for r in res["rounds"]:
         assert set(r["eval"]) == {"mnist", "optdigits", "ising"}
-        assert r["bytes_sent"] > 0
+    # Round 0's model is scored by round 1's train messages: nothing is sent in round 0.
+    assert res["rounds"][0]["bytes_sent"] == 0 and all(r["bytes_sent"] > 0 for r in res["rounds"][1:])
     assert res["rounds"][1]["bytes_received"] > 0 and res["rounds"][1]["merge_seconds"] >= 0
     assert res["config"]["merge-method"] == "mean" and res["merged_parameters"] > 0
     rows = list(csv.DictReader(open(out / "metrics.csv")))
@@ -54,6 +55,23 @@ def test_run_writes_results_for_every_round_and_task(tmp_path, identity):
     backbone = get_family(parse_run_config(small_config(tmp_path))).build_backbone()
     backbone.load_state_dict(load_file(str(out / "model.safetensors")), strict=True)
     assert "average" in rec.summary_table()
+
+
+def test_evaluation_riding_with_training_gives_the_same_results_with_half_the_messages(tmp_path, identity):
+    fused, fused_grid, fused_out = run(tmp_path, name="fused")
+    apart, apart_grid, apart_out = run(tmp_path, name="apart", **{"evaluate-in-train": False})
+    for a, b in zip(fused.round_dicts(), apart.round_dicts()):
+        assert {t: m["accuracy"] for t, m in a["eval"].items()} == {t: m["accuracy"] for t, m in b["eval"].items()}
+    assert same_model(fused_out, apart_out)
+
+    def kinds(grid):
+        return [m.metadata.message_type for m in grid.sent if m.metadata.message_type != "query"]
+    # 3 tasks, 2 rounds: 6 train messages either way; 3 evaluate messages (the last model)
+    # instead of 9 (rounds 0, 1, 2).
+    assert kinds(fused_grid).count("train") == kinds(apart_grid).count("train") == 6
+    assert kinds(fused_grid).count("evaluate") == 3 and kinds(apart_grid).count("evaluate") == 9
+    sent = [sum(r["bytes_sent"] for r in rec.round_dicts()) for rec in (fused, apart)]
+    assert sent[0] / sent[1] == pytest.approx(9 / 15)
 
 
 def test_training_changes_the_model_and_accuracy_is_recorded(tmp_path, identity):
@@ -156,15 +174,24 @@ def test_every_merge_method_runs_end_to_end(tmp_path, identity, method):
     assert rec.status == "finished" and set(rec.rounds[1].eval) == {"mnist", "optdigits", "ising"}
 
 
-def test_failed_evaluation_is_recorded_and_does_not_stop_the_run(tmp_path, identity):
-    def fault(msg, reply):
-        if msg.metadata.message_type == "evaluate":
-            return Message(Error(code=1, reason="out of memory"), reply_to=msg)
-        return reply
-    rec, _, out = run(tmp_path, faults={1: fault}, **{"num-server-rounds": 1})
+@pytest.mark.parametrize("in_train", [True, False])
+def test_failed_evaluation_is_recorded_and_does_not_stop_the_run(tmp_path, identity, monkeypatch, in_train):
+    from atm_fl.runtime import TaskRuntime
+
+    real = TaskRuntime.evaluate
+
+    def evaluate(self, state, split="test"):
+        if self.name == "mnist":
+            raise MemoryError("out of memory")
+        return real(self, state, split)
+    monkeypatch.setattr(TaskRuntime, "evaluate", evaluate)
+    rec, _, out = run(tmp_path, **{"num-server-rounds": 1, "evaluate-in-train": in_train})
     res = json.loads((out / "results.json").read_text())
     assert res["status"] == "finished"
     for r in res["rounds"]:
         assert set(r["eval"]) == {"optdigits", "ising"}
-        assert r["failed"] == [{"task": "mnist", "reason": "evaluation: client error: out of memory"}]
+        assert [f["task"] for f in r["failed"]] == ["mnist"]
+        assert r["failed"][0]["reason"].startswith("evaluation: client error: MemoryError: out of memory")
     assert res["faults"]["failed_by_task"] == {"mnist": 2}
+    # Training went on: mnist's task vector was merged in round 1.
+    assert set(res["rounds"][1]["train"]) == {"mnist", "optdigits", "ising"}

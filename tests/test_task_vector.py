@@ -51,3 +51,27 @@ def test_flatten_record_reads_flower_arrays_in_place_and_equals_flatten():
     layout = Layout.of(tensors, ["w", "b", "z"])
     record = ArrayRecord(tensors)
     assert torch.equal(flatten_record(record, layout), flatten(tensors, layout))
+
+
+def test_record_views_read_the_message_bytes_in_place():
+    import numpy as np
+    from flwr.app import ArrayRecord
+
+    from atm_fl.task_vector import flatten_record, record_views
+
+    gen = torch.Generator().manual_seed(1)
+    state = {"w": torch.randn(3, 4, generator=gen), "b": torch.randn(4, generator=gen),
+             "scale": torch.tensor(2.5), "steps": torch.tensor(7, dtype=torch.long), "h": torch.randn(2).half()}
+    record = ArrayRecord(state)
+    views = record_views(record)
+    copies = record.to_torch_state_dict()
+    assert views.keys() == copies.keys()
+    for k in state:
+        assert views[k].dtype == copies[k].dtype and views[k].shape == copies[k].shape
+        assert torch.equal(views[k], copies[k]) and torch.equal(views[k], state[k])
+        # The view's memory lies inside the record's own bytes: nothing was copied.
+        buf = np.frombuffer(record[k].data, dtype=np.uint8)
+        start = buf.__array_interface__["data"][0]
+        assert start <= views[k].data_ptr() < start + buf.nbytes
+    layout = Layout.of(state, ["w", "b", "scale"])
+    assert torch.equal(flatten_record(record, layout), flatten(state, layout))
