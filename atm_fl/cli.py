@@ -43,16 +43,26 @@ def flwr_executable() -> str:
     return str(beside) if beside.exists() else (shutil.which("flwr") or "flwr")
 
 
-def _local_superlinks() -> list[int]:
+def superlink_pids(*in_cmdline: bytes) -> list[int]:
+    """PIDs of running ``flower-superlink`` processes whose command line has every one of ``in_cmdline``."""
     pids = []
     for proc in Path("/proc").glob("[0-9]*"):
         try:
             cmd = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if any(c.endswith(b"flower-superlink") for c in cmd[:2]) and b"--simulation" in cmd:
+        if any(c.endswith(b"flower-superlink") for c in cmd[:2]) and all(a in cmd for a in in_cmdline):
             pids.append(int(proc.name))
     return pids
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (for a private SuperLink)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _env_of(pid: int) -> dict[str, str]:
@@ -65,7 +75,7 @@ def _env_of(pid: int) -> dict[str, str]:
 
 def ensure_superlink_env() -> None:
     """Stop a local simulation SuperLink that runs without this project's environment settings."""
-    for pid in _local_superlinks():
+    for pid in superlink_pids(b"--simulation"):
         env = _env_of(pid)
         if all(env.get(k) == v for k, v in FLWR_ENV.items() if k.startswith("FLWR_DISABLE_RUNTIME")):
             continue

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from experiments.machine import machine_info
+from experiments.machine import cpu_by_process, machine_info
 
 log = logging.getLogger("experiments.bench_round")
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,15 +100,19 @@ def paired(res: dict, train: list[float], evaluate: list[float]) -> tuple[list[f
     return flwr_s, local_s, labels
 
 
-def with_flower(raw_overrides: dict, rounds: int, out: Path, cpus: int) -> dict:
+def with_flower(raw_overrides: dict, rounds: int, out: Path, cpus: int) -> tuple[dict, dict[str, float]]:
+    """results.json of the Flower run, and the CPU seconds each process used during it."""
     run_config = " ".join(f"{k}={json.dumps(v)}" for k, v in raw_overrides.items())  # TOML values
     run_config += f" num-server-rounds={rounds} output-dir=\"{out}\" run-name=\"bench-round\" save-model=false"
     ntasks = len(default_config(raw_overrides)["tasks"].split(","))
     cmd = [sys.executable, "-m", "atm_fl.cli", "run", str(ROOT), "--run-config", run_config,
            "--federation-config", f"num-supernodes={ntasks} client-resources-num-cpus={cpus}"]
     log.info("running: %s", " ".join(cmd))
-    subprocess.run(cmd, check=True, cwd=ROOT)
-    return json.loads((out / "bench-round" / "results.json").read_text())
+    proc = subprocess.Popen(cmd, cwd=ROOT)
+    cpu = cpu_by_process(proc)
+    if proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
+    return json.loads((out / "bench-round" / "results.json").read_text()), cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,8 +130,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.rounds < 2:
         ap.error("--rounds must be >= 2: round 1 includes the clients' start-up and is not compared")
-    res = with_flower(overrides, args.rounds, ROOT / "runs" / "bench-round-runs", args.client_cpus or cpus)
+    res, cpu = with_flower(overrides, args.rounds, ROOT / "runs" / "bench-round-runs", args.client_cpus or cpus)
+    cpu0 = time.process_time()
     train, evaluate = in_process(default_config({**overrides, "num-server-rounds": args.rounds}), args.rounds)
+    cpu_inprocess = time.process_time() - cpu0
     flwr_s, local_s, labels = paired(res, train, evaluate)
     mid = res["rounds"][2]  # a steady-state round (with fused evaluation, no evaluate messages)
     report = {
@@ -141,6 +147,14 @@ def main(argv: list[str] | None = None) -> int:
         "inprocess_train_merge_seconds": train, "inprocess_eval_seconds": evaluate,
         "bytes_sent_round_2": mid["bytes_sent"], "bytes_received_round_2": mid["bytes_received"],
         "bytes_per_round": {r["round"]: [r["bytes_sent"], r["bytes_received"]] for r in res["rounds"]},
+        # Server phases against what the clients report for their own work in them: the gap is messaging.
+        "flwr_phases": [{"round": r["round"], "train_phase_seconds": r["round_seconds"],
+                         "eval_phase_seconds": r["eval_seconds"],
+                         "clients_train_seconds": sum(m.get("seconds", 0.0) for m in r["train"].values()),
+                         "clients_eval_seconds_of_this_model": sum(m.get("seconds", 0.0) for m in r["eval"].values())}
+                        for r in res["rounds"]],
+        # Whole runs, start-up included: the Flower run's processes vs this process's in-process loop.
+        "cpu_seconds_by_process_flwr_run": cpu, "cpu_seconds_inprocess_run": cpu_inprocess,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))

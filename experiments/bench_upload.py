@@ -55,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="*", default=list(ENCODINGS), choices=list(ENCODINGS))
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    runs = (ROOT / "runs" / "bench-upload").resolve()
+    # One directory per set of extra overrides: a finished run is reused only for the same settings.
+    slug = "".join(c if c.isalnum() or c in "-=." else "_" for c in args.run_config.strip()) or "default"
+    runs = (ROOT / "runs" / "bench-upload" / slug).resolve()
     rows = {name: run_one(name, ENCODINGS[name], runs, args.run_config) for name in args.only}
     base = rows.get("none")
     lines = ["| upload | bytes / client / round | reduction | final avg acc (%) | change (points) |",

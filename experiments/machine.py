@@ -36,3 +36,57 @@ def machine_info() -> dict[str, Any]:
     except (ImportError, AttributeError):  # pragma: no cover
         pass
     return info
+
+
+def _process_label(pid: str) -> str:
+    """A short name for a process: Ray's title, the console script, or ``python -m module``."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    comm = stat[stat.index("(") + 1:stat.rindex(")")]
+    argv = [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+    if comm.startswith("ray::") or not argv:
+        return comm
+    first = os.path.basename(argv[0])
+    if not first.startswith("python"):
+        return first
+    args = iter(argv[1:])
+    for a in args:  # skip interpreter flags such as -u
+        if a == "-m":
+            return f"python -m {next(args, '')}"
+        if not a.startswith("-"):
+            return os.path.basename(a)
+    return first
+
+
+def _cpu_seconds() -> dict[int, tuple[str, float]]:
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[int(pid)] = (_process_label(pid), (int(fields[11]) + int(fields[12])) / tick)
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended while we looked
+    return out
+
+
+def cpu_by_process(proc, interval: float = 0.5) -> dict[str, float]:
+    """Wait for ``proc`` (a Popen) and return the CPU seconds every process used meanwhile, by label.
+
+    Samples /proc every ``interval`` seconds: a process that starts and ends between two
+    samples is missed, and one alive at the start counts only what it used after it.
+    Linux only; the whole machine is counted, so run it on a quiet machine.
+    """
+    import time
+
+    start, last = _cpu_seconds(), {}
+    while proc.poll() is None:
+        last.update(_cpu_seconds())
+        time.sleep(interval)
+    totals: dict[str, float] = {}
+    for pid, (label, secs) in last.items():
+        used = secs - (start[pid][1] if pid in start else 0.0)
+        if used > 0:
+            totals[label] = totals.get(label, 0.0) + used
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))

@@ -25,15 +25,14 @@ import logging
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from experiments.grid import ROOT, AtmCell, Grid, load_grid
+from experiments.local_flower import FlowerEnv
 from experiments.machine import machine_info
 
 log = logging.getLogger("experiments.sweep")
@@ -64,49 +63,6 @@ def _toml_value(v: Any) -> str:
 
 def write_run_config(path: Path, rc: dict[str, Any]) -> None:
     path.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in rc.items()))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _superlink_pids(port: int) -> list[int]:
-    pids = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            cmd = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if any(c.endswith(b"flower-superlink") for c in cmd[:2]) and str(port).encode() in cmd:
-            pids.append(int(proc.name))
-    return pids
-
-
-class FlowerEnv:
-    """A private FLWR_HOME, local-SuperLink ports and Ray temp dir for the sweep's ``atm-fl run`` calls."""
-
-    def __init__(self, out: Path):
-        self.port, self.control = _free_port(), _free_port()
-        self.ray_tmp = tempfile.mkdtemp(prefix="ray-sw", dir="/tmp")  # short: Ray's socket paths are limited
-        self.env = {**os.environ, "FLWR_HOME": str(out / ".flwr"),
-                    "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(self.port),
-                    "FLWR_LOCAL_CONTROL_API_PORT": str(self.control), "RAY_TMPDIR": self.ray_tmp,
-                    "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))}
-
-    def close(self) -> None:
-        """Stop the local SuperLink this sweep caused to start (by PID, on its own port)."""
-        for pid in _superlink_pids(self.port):
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.time() + 20
-        while _superlink_pids(self.port) and time.time() < deadline:
-            time.sleep(0.2)
-        for pid in _superlink_pids(self.port):
-            os.kill(pid, signal.SIGKILL)
-        import shutil
-
-        shutil.rmtree(self.ray_tmp, ignore_errors=True)
 
 
 def _run_logged(cmd: list[str], log_path: Path, env: dict[str, str], timeout: float) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.local_deployment import INTRUDER, local_deployment
+from experiments.local_flower import INTRUDER, local_deployment
 
 SITES = ("mnist", "optdigits")
 pytestmark = pytest.mark.e2e

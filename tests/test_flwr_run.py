@@ -7,56 +7,23 @@ developer's SuperLink, and stops the SuperLink it caused to start by PID.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
+
+from experiments.local_flower import FlowerEnv
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def superlink_pids(port: int) -> list[int]:
-    pids = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            cmd = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if any(c.endswith(b"flower-superlink") for c in cmd[:2]) and str(port).encode() in cmd:
-            pids.append(int(proc.name))
-    return pids
-
-
 @pytest.fixture
 def flwr_env(tmp_path):
-    port, control = free_port(), free_port()
-    # Ray's socket paths must stay under 107 bytes: a short temp dir, not pytest's tmp_path.
-    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr-home"), "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(port),
-           "FLWR_LOCAL_CONTROL_API_PORT": str(control), "RAY_TMPDIR": ray_tmp}
-    yield env
-    shutil.rmtree(ray_tmp, ignore_errors=True)
-    for pid in superlink_pids(port):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.time() + 20
-    while superlink_pids(port) and time.time() < deadline:
-        time.sleep(0.2)
-    for pid in superlink_pids(port):
-        os.kill(pid, signal.SIGKILL)
+    flower = FlowerEnv(tmp_path)
+    yield flower.env
+    flower.close()
 
 
 def atm_fl_run(env, run_config: str, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -1,4 +1,10 @@
-"""A real deployment on 127.0.0.1, built with the scripts of deploy/ exactly as docs/deployment.md says.
+"""Flower on this machine for tests and experiments: a private simulation SuperLink, and a real deployment.
+
+``FlowerEnv``: the environment for ``atm-fl run`` simulations with their own FLWR_HOME
+and local SuperLink ports (sweeps, end-to-end tests), stopped by PID.
+
+``local_deployment``: a real deployment on 127.0.0.1, built with the scripts of deploy/
+exactly as docs/deployment.md says.
 
 Certificates, site keys, a SuperLink with TLS and SuperNode authentication, the CLI's
 federation entry, each site's key registered, one SuperNode per site (optionally
@@ -11,25 +17,50 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
+from atm_fl.cli import free_port, superlink_pids
+
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 INTRUDER = "intruder"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class FlowerEnv:
+    """A private FLWR_HOME, local-SuperLink ports and Ray temp dir for ``atm-fl run`` simulations.
+
+    Runs started with ``env`` use their own local simulation SuperLink (started by
+    ``flwr run`` on ``port``), not the user's; ``close`` stops it by PID.
+    """
+
+    def __init__(self, out: Path):
+        self.port, self.control = free_port(), free_port()
+        self.ray_tmp = tempfile.mkdtemp(prefix="ray-sw", dir="/tmp")  # short: Ray's socket paths are limited
+        self.env = {**os.environ, "FLWR_HOME": str(out / ".flwr"),
+                    "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(self.port),
+                    "FLWR_LOCAL_CONTROL_API_PORT": str(self.control), "RAY_TMPDIR": self.ray_tmp,
+                    "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))}
+
+    def close(self) -> None:
+        """Stop the local SuperLink this sweep caused to start (by PID, on its own port)."""
+        for pid in superlink_pids(str(self.port).encode()):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.time() + 20
+        while superlink_pids(str(self.port).encode()) and time.time() < deadline:
+            time.sleep(0.2)
+        for pid in superlink_pids(str(self.port).encode()):
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(self.ray_tmp, ignore_errors=True)
 
 
 def port_open(port: int) -> bool:
