@@ -28,12 +28,11 @@ import logging
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
 from experiments.local_flower import local_deployment
-from experiments.machine import machine_info
+from experiments.machine import machine_info, publish
 
 log = logging.getLogger("experiments.bench_deploy")
 
@@ -89,9 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     for what in ("wall_seconds", "median_round_seconds"):
         a, w = (statistics.median(r[what] for r in report["runs"][s]) for s in ("apart", "with-train"))
         report[f"{what}_median"] = {"apart": a, "with-train": w, "ratio_apart_over_with_train": a / w}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    publish(report, args.out)
     return 0
 
 

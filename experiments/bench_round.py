@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from experiments.machine import cpu_by_process, machine_info
+from experiments.machine import cpu_by_process, machine_info, publish
 
 log = logging.getLogger("experiments.bench_round")
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,9 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         # Whole runs, start-up included: the Flower run's processes vs this process's in-process loop.
         "cpu_seconds_by_process_flwr_run": cpu, "cpu_seconds_inprocess_run": cpu_inprocess,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    sys.stdout.write(json.dumps(report, indent=2) + "\n")
+    publish(report, args.out)
     return 0
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +92,11 @@ def cpu_by_process(proc, interval: float = 0.5) -> dict[str, float]:
         if used > 0:
             totals[label] = totals.get(label, 0.0) + used
     return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+
+
+def publish(report: dict[str, Any], out: Path) -> None:
+    """Write a benchmark's report as indented JSON to ``out`` and echo it on stdout."""
+    text = json.dumps(report, indent=2)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    sys.stdout.write(text + "\n")

@@ -149,6 +149,16 @@ def _plt():
     return plt
 
 
+def _save(fig, path: Path, tight_box: bool = False) -> None:
+    """Write one report figure as PNG (80 dpi, the size the markdown report shows) and free it."""
+    if tight_box:  # a heatmap grid whose colour bars tight_layout would squeeze
+        fig.savefig(path, dpi=80, bbox_inches="tight")
+    else:
+        fig.tight_layout()
+        fig.savefig(path, dpi=80)
+    _plt().close(fig)
+
+
 def plot_radar(rows, budget, path: Path) -> bool:
     plt = _plt()
     agg = aggregate([r for r in rows if r["budget"] in (budget, 0)])
@@ -181,9 +191,7 @@ def plot_radar(rows, budget, path: Path) -> bool:
         ax.set_title(f"{method_label(k[1], k[2] if k[1].startswith('atm') else None)}\n"
                      f"avg {100 * agg[k]['average'][0]:.1f}%", fontsize=8)
     fig.suptitle(f"Per-task test accuracy (%) at budget {budget:g}; dashed: each task fine-tuned alone", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save(fig, path)
     return True
 
 
@@ -203,9 +211,7 @@ def plot_accuracy_vs_budget(rows, path: Path, seed: int = 0) -> bool:
     ax.set_title(f"Accuracy vs epoch budget (seed {seed})", fontsize=10)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save(fig, path)
     return True
 
 
@@ -236,9 +242,7 @@ def plot_budget_split(rows, per_round, budget, path: Path, seed: int = 0) -> dic
     axes[1].legend(fontsize=7)
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save(fig, path)
     return bs
 
 
@@ -269,8 +273,7 @@ def plot_cosine(analysis: dict[str, Any], path: Path) -> dict[str, float]:
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.colorbar(im, ax=axes, shrink=0.6)
-    fig.savefig(path, dpi=80, bbox_inches="tight")
-    plt.close(fig)
+    _save(fig, path, tight_box=True)
     return summary
 
 
@@ -309,9 +312,7 @@ def plot_pca(analysis: dict[str, Any], path: Path) -> bool:
     left_out = [p["label"] for i, p in enumerate(pts) if not near[i]]
     axes[1].set_title("zoom" + (f" (without {', '.join(left_out)})" if left_out else ""), fontsize=8)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save(fig, path)
     return True
 
 
@@ -339,9 +340,7 @@ def plot_grad_norm(analysis: dict[str, Any], path: Path) -> bool:
     for ax in axes:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save(fig, path)
     return True
 
 
@@ -360,9 +359,7 @@ def plot_alpha_search(analysis: dict[str, Any], path: Path) -> bool:
     ax.set_title("α tuning on the validation split (seed 0)", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save(fig, path)
     return True
 
 
