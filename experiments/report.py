@@ -365,6 +365,17 @@ def plot_alpha_search(analysis: dict[str, Any], path: Path) -> bool:
 
 # --- the report ------------------------------------------------------------------------------------
 
+def _load(sessions: list[dict[str, Any]]) -> str:
+    """The 1-minute load average each sweep session saw at its start and its last cell: how shared the machine was."""
+    spans = []
+    for s in sessions:
+        start = s.get("machine", {}).get("load_average")
+        if start:
+            end = s.get("load_average_end")
+            spans.append(f"{start[0]:.1f}" + (f" to {end[0]:.1f}" if end else ""))
+    return "load average " + ", ".join(spans) if spans else "load not recorded"
+
+
 def build_report(sweep_dir: Path, out: Path, title: str | None = None, notes: list[str] | None = None) -> Path:
     from experiments.sweep import collect
 
@@ -406,7 +417,7 @@ def build_report(sweep_dir: Path, out: Path, title: str | None = None, notes: li
               + (f" (resumed {len(commands) - 1}×)" if len(commands) > 1 else ""),
               f"- Report command: `python -m experiments.report {sweep_dir} --out {out}`",
               f"- Grid file: `{grid.get('source', '?')}` (copied below); seeds: {', '.join(map(str, all_seeds))}",
-              f"- Machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores (shared with other jobs), "
+              f"- Machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores ({_load(sessions)}), "
               f"Python {machine.get('python', '?')}, torch {machine.get('torch', '?')}, flwr {machine.get('flwr', '?')}",
               f"- Wall time: {wall / 60:.0f} min for the sweep ({cell_wall / 60:.0f} min inside the {len(cells)} cells' "
               "own timers)",

@@ -165,6 +165,7 @@ def run_sweep(grid: Grid, out: Path, only: str | None = None) -> dict[str, Any]:
                 log.error("cell %d/%d %s: FAILED (exit %d) after %.0fs; see %s; ETA %.0f min", i, n, cell.id, code,
                           dt, out / cell.id / "log.txt", eta / 60)
             session["wall_seconds"] = time.time() - t_sweep
+            session["load_average_end"] = list(os.getloadavg())  # how busy the machine was, for the report
             meta_path.write_text(json.dumps(meta, indent=1))
             collect(out, grid)
     finally:
