@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,25 @@ def machine_info() -> dict[str, Any]:
     except (ImportError, AttributeError):  # pragma: no cover
         pass
     return info
+
+
+CODE_PATHS = ("atm_fl", "clients", "strategies", "experiments", "pyproject.toml")
+
+
+def code_version() -> str:
+    """The checkout's commit, with "+ uncommitted changes" when its code differs from it ("unknown" outside git).
+
+    Only the code counts (the packages and pyproject.toml): a sweep rewrites docs/results/ itself.
+    """
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", *CODE_PATHS], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + (" + uncommitted changes" if dirty else "")
 
 
 def _process_label(pid: str) -> str:

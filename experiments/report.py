@@ -422,6 +422,9 @@ def build_report(sweep_dir: Path, out: Path, title: str | None = None, notes: li
               f"- Wall time: {wall / 60:.0f} min for the sweep ({cell_wall / 60:.0f} min inside the {len(cells)} cells' "
               "own timers)",
               f"- Cells: {len(grid.get('cells', cells))} in the grid; not finished: {', '.join(unfinished) or 'none'}"]
+    codes = [s["code"] for s in sessions if s.get("code")]
+    if codes:
+        lines.append(f"- Code: git {', '.join(dict.fromkeys(codes))}")
     lines += [f"- {n}" for n in notes or []] + [""]
 
     lines += ["## Headline", "",

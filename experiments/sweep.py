@@ -33,7 +33,7 @@ from typing import Any
 
 from experiments.grid import ROOT, AtmCell, Grid, load_grid
 from experiments.local_flower import FlowerEnv
-from experiments.machine import machine_info
+from experiments.machine import code_version, machine_info
 
 log = logging.getLogger("experiments.sweep")
 
@@ -131,7 +131,7 @@ def run_sweep(grid: Grid, out: Path, only: str | None = None) -> dict[str, Any]:
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"sessions": []}
     session = {"started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "command": shlex.join([sys.executable, "-m",
                "experiments.sweep", *sys.argv[1:]]) if sys.argv and "sweep" in sys.argv[0] else "",
-               "machine": machine_info(), "cells": {}}
+               "machine": machine_info(), "code": code_version(), "cells": {}}
     meta["sessions"].append(session)
     meta["grid"] = {"name": grid.name, "description": grid.description, "source": grid.source,
                     "text": Path(grid.source).read_text() if grid.source and Path(grid.source).exists() else "",
