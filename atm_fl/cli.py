@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -58,8 +59,6 @@ def superlink_pids(*in_cmdline: bytes) -> list[int]:
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now (for a private SuperLink)."""
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -36,14 +36,13 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
 
-from experiments.machine import cpu_model
+from experiments.machine import machine_info
 
 METHODS = ("mean", "sum", "ties", "breadcrumbs", "dare", "dare_ties")
 VIT_B16_VISUAL = 86_192_640
@@ -237,11 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         ap.error(f"unknown methods {bad}; valid: {', '.join(METHODS)}")
 
-    import torch
-
-    meta = {"cpu": cpu_model(), "cores": os.cpu_count(), "d": args.d, "tasks": args.tasks,
-            "input_mb": args.d * args.tasks * 4 / 2**20, "repeat": args.repeat, "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "python": platform.python_version(),
+    info = machine_info()
+    meta = {**info, "threads": info["torch_threads"], "d": args.d, "tasks": args.tasks,
+            "input_mb": args.d * args.tasks * 4 / 2**20, "repeat": args.repeat,
             "command": "python -m experiments.bench_merge " + " ".join(sys.argv[1:] if argv is None else argv)}
     print(f"# d={args.d:,} T={args.tasks} inputs={meta['input_mb']:.0f} MiB cpu='{meta['cpu']}' "
           f"cores={meta['cores']} torch={meta['torch']} threads={meta['threads']}", flush=True)

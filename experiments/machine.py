@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -100,8 +101,6 @@ def cpu_by_process(proc, interval: float = 0.5) -> dict[str, float]:
     samples is missed, and one alive at the start counts only what it used after it.
     Linux only; the whole machine is counted, so run it on a quiet machine.
     """
-    import time
-
     start, last = _cpu_seconds(), {}
     while proc.poll() is None:
         last.update(_cpu_seconds())
