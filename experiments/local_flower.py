@@ -167,18 +167,17 @@ def local_deployment(tmp: Path, sites: Sequence[str], data_dirs: Mapping[str, Pa
         for site in sites:
             out = dep.sh(DEPLOY / "register-site.sh", "sites", tmp / "keys" / f"{site}.pub", site)
             dep.node_ids[site] = int(out.split("as node ")[1].split()[0])
+        def supernode(name: str, task: str, *extra: str) -> None:
+            dep.start(name, [str(DEPLOY / "start-supernode.sh"), "--superlink", f"127.0.0.1:{dep.port}",
+                             "--ca", str(tmp / "certs" / "ca.crt"), "--key", str(tmp / "keys" / name),
+                             "--task", task, "--port", str(free_port()), *extra])
+
         # 4. one SuperNode per site, each with its local data directory if it has one
         for site in sites:
-            extra = ["--data-dir", str(data_dirs[site])] if site in data_dirs else []
-            dep.start(site, [str(DEPLOY / "start-supernode.sh"), "--superlink", f"127.0.0.1:{dep.port}",
-                             "--ca", str(tmp / "certs" / "ca.crt"), "--key", str(tmp / "keys" / site),
-                             "--task", site, "--port", str(free_port()), *extra])
-        # 5. a SuperNode whose key nobody registered
+            supernode(site, site, *(["--data-dir", str(data_dirs[site])] if site in data_dirs else []))
+        # 5. a SuperNode whose key nobody registered (it gives up after two refused tries)
         if intruder:
-            dep.start(INTRUDER, [str(DEPLOY / "start-supernode.sh"), "--superlink", f"127.0.0.1:{dep.port}",
-                                 "--ca", str(tmp / "certs" / "ca.crt"), "--key", str(tmp / "keys" / INTRUDER),
-                                 "--task", sites[0], "--port", str(free_port()), "--", "--max-retries", "2",
-                                 "--max-wait-time", "20"])
+            supernode(INTRUDER, sites[0], "--", "--max-retries", "2", "--max-wait-time", "20")
         dep.wait_online(len(sites))
         yield dep
     finally:
