@@ -265,8 +265,7 @@ def run_baselines(run_config: dict[str, Any], spec: dict[str, Any], out_dir: Pat
     from atm_fl.config import parse_run_config
     from atm_fl.runtime import get_task_runtime
     from atm_fl.task_vector import Layout, apply_update, flatten, unflatten
-    from strategies import registry
-    from strategies.registry import MergeContext
+    from atm_fl.plugins import MergeContext, resolve_merge
 
     from experiments.analyses import pca_2d
 
@@ -359,7 +358,7 @@ def run_baselines(run_config: dict[str, Any], spec: dict[str, Any], out_dir: Pat
         for b in budgets:
             for name in spec.get("merges", {}).get(f"{b:g}", []):
                 ms = MERGES[name]
-                method, params = registry.resolve(ms.plugin, ms.params)
+                method, params = resolve_merge(ms.plugin, ms.params)
                 ctx = MergeContext(layout=layout, tasks=tuple(tasks), server_round=1, seed=seed)
                 with timed(f"merge {name}"):
                     m = method([vecs[b][t] for t in tasks], ctx, **params)
@@ -434,14 +433,13 @@ def replay_atm(run_config: dict[str, Any], seed: int, tasks: list[str], layout, 
     from atm_fl.config import parse_run_config
     from atm_fl.runtime import get_task_runtime
     from atm_fl.task_vector import apply_update, flatten, unflatten
-    from strategies import registry
-    from strategies.registry import MergeContext
+    from atm_fl.plugins import MergeContext, resolve_merge
 
     budget, rounds = float(replay.get("budget", 4)), int(replay.get("rounds", 4))
     method_name, alpha = str(replay.get("method", "mean")), float(replay.get("alpha", 1.0))
     cfg = parse_run_config({**run_config, "seed": seed, "local-epochs": budget / rounds,
                             "num-server-rounds": rounds, "merge-method": method_name})
-    method, params = registry.resolve(method_name, str(replay.get("merge-params", "")))
+    method, params = resolve_merge(method_name, str(replay.get("merge-params", "")))
     rts = {t: get_task_runtime(cfg, t) for t in tasks}
     pre = rts[tasks[0]].pretrained
     keys = rts[tasks[0]].keys

@@ -53,10 +53,10 @@ def in_process(raw: dict, rounds: int) -> tuple[list[float], list[float]]:
     from atm_fl.models import get_family
     from atm_fl.runtime import get_task_runtime
     from atm_fl.task_vector import Layout, apply_update, flatten, mergeable_keys, unflatten
-    from strategies import registry
+    from atm_fl import plugins
 
     cfg = parse_run_config(raw)
-    method, params = registry.resolve(cfg.merge_method, cfg.merge_params)
+    method, params = plugins.resolve_merge(cfg.merge_method, cfg.merge_params)
     backbone = get_family(cfg).build_backbone()
     state = {k: v.detach().clone() for k, v in backbone.state_dict().items()}
     layout = Layout.of(state, mergeable_keys(backbone))
@@ -67,7 +67,7 @@ def in_process(raw: dict, rounds: int) -> tuple[list[float], list[float]]:
     for r in range(1, rounds + 1):
         t0 = time.perf_counter()
         flat = [flatten(rt.train_round(state, r)[0], layout) for rt in runtimes]
-        ctx = registry.MergeContext(layout=layout, tasks=tuple(cfg.task_list), server_round=r, seed=cfg.seed)
+        ctx = plugins.MergeContext(layout=layout, tasks=tuple(cfg.task_list), server_round=r, seed=cfg.seed)
         state = apply_update(state, unflatten(method(flat, ctx, **params), layout), cfg.alpha)
         t1 = time.perf_counter()
         for rt in runtimes:

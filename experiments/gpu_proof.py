@@ -87,7 +87,7 @@ def gpu_info() -> dict:
 def run_atm_inprocess(raw: dict) -> tuple[dict, float]:
     """The ServerApp's ``run_atm`` on an in-process grid of one node per task; (results dict, wall s)."""
     from atm_fl.config import parse_run_config
-    from atm_fl.server_app import run_atm
+    from strategies.server_app import run_atm
     from clients.task_client import app as client_app
     from tests.inprocess import InProcessGrid, flower_identity
 

@@ -138,7 +138,7 @@ def _list(block: dict, key: str, where: str) -> list:
 def load_grid(path: str | Path) -> Grid:
     """Parse and check a grid file (run-config keys are checked with ``atm_fl.config``)."""
     from atm_fl.config import parse_run_config
-    from strategies import registry
+    from atm_fl import plugins
 
     path = Path(path)
     raw = tomllib.loads(path.read_text())
@@ -162,7 +162,7 @@ def load_grid(path: str | Path) -> Grid:
         where = f"{path}: [[atm]] block {i + 1}"
         params = block.get("merge-params", {})
         for method in _list(block, "methods", where):
-            registry.resolve(method, params.get(method, ""))
+            plugins.resolve_merge(method, params.get(method, ""))
             for budget in _list(block, "budgets", where):
                 for rounds in _list(block, "rounds", where):
                     k = int(budget) if rounds == "budget" else int(rounds)

@@ -36,7 +36,7 @@ from flwr.serverapp.strategy import FedAvg, Result
 from atm_fl.compression import decode_sparse
 from atm_fl.results import RunRecorder
 from atm_fl.task_vector import Layout, apply_update, flatten_record, record_views, unflatten
-from strategies.registry import MergeContext, MergeMethod
+from atm_fl.plugins import MergeContext, MergeMethod
 from strategies.validation import check_record, non_finite, norm_outliers
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ import torch
 from atm_fl.compression import decode_sparse, encode_upload, sparsify
 from atm_fl.config import parse_run_config
 from atm_fl.merge import merge_ties, ties_trim
-from atm_fl.server_app import run_atm
+from strategies.server_app import run_atm
 from atm_fl.task_vector import Layout, flatten
 from clients.task_client import app as client_app
 from tests.conftest import small_config

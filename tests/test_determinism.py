@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from atm_fl import runtime
 from atm_fl.config import parse_run_config
-from atm_fl.server_app import run_atm
+from strategies.server_app import run_atm
 from clients.task_client import app as client_app
 from tests.conftest import small_config
 from tests.inprocess import InProcessGrid

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from atm_fl import checkpoint
 from atm_fl.config import ConfigError, parse_run_config
-from atm_fl.server_app import run_atm
+from strategies.server_app import run_atm
 from clients.task_client import app as client_app
 from strategies.atm import RoundFailed
 from tests.conftest import small_config

@@ -13,7 +13,7 @@ from atm_fl.config import parse_run_config
 from atm_fl.models import get_family
 from atm_fl.models.base import inputs_of
 from atm_fl.runtime import get_task_runtime
-from atm_fl.server_app import run_atm
+from strategies.server_app import run_atm
 from clients.task_client import app as client_app
 from tests.conftest import small_config
 from tests.inprocess import InProcessGrid

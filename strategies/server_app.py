@@ -11,7 +11,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from atm_fl import checkpoint
@@ -19,51 +19,13 @@ from atm_fl.config import ConfigError, RunConfig, parse_run_config
 from atm_fl.logs import setup_logging
 from atm_fl.models import get_family
 from atm_fl.results import RunRecorder, save_backbone
+from atm_fl.plugins import resolve_merge
 from atm_fl.task_vector import Layout, mergeable_keys
-from strategies import registry
 from strategies.atm import ATMStrategy
+from strategies.discovery import discover_tasks
 
 log = logging.getLogger(__name__)
 app = ServerApp()
-
-
-def discover_tasks(grid: Grid, tasks: list[str], timeout: float, poll: float = 1.0) -> dict[str, int]:
-    """Ask every node which tasks it serves until each task has a node; task -> node id.
-
-    Raises ``RuntimeError`` naming the missing tasks when ``timeout`` passes first.
-    """
-    deadline = time.monotonic() + timeout
-    asked: set[int] = set()
-    serving: dict[str, int] = {}
-    while True:
-        new = [n for n in grid.get_node_ids() if n not in asked]
-        if new:
-            msgs = [Message(RecordDict({"config": ConfigRecord({})}), message_type=MessageType.QUERY, dst_node_id=n)
-                    for n in new]
-            for reply in grid.send_and_receive(msgs, timeout=max(1.0, deadline - time.monotonic())):
-                node = reply.metadata.src_node_id
-                if reply.has_error():
-                    log.warning("node %d did not say which task it serves: %s", node, reply.error.reason)
-                    continue
-                for task in filter(None, str(reply.content["info"]["tasks"]).split(",")):
-                    if task not in tasks:
-                        log.warning("node %d serves task %r, which is not in run-config 'tasks'; ignored", node, task)
-                    elif task in serving:
-                        log.warning("task %r is served by nodes %d and %d; using %d", task, serving[task], node,
-                                    serving[task])
-                    else:
-                        serving[task] = node
-            asked.update(new)
-        missing = [t for t in tasks if t not in serving]
-        if not missing:
-            return {t: serving[t] for t in tasks}
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"no node serves task(s) {', '.join(missing)} after {timeout:g}s ({len(asked)} node(s) answered). "
-                "In simulation use --federation-config \"num-supernodes=N\" with N >= 1; in deployment start a "
-                "SuperNode with --node-config 'task=\"<name>\"' for each task (deploy/start-supernode.sh --task), "
-                "or raise discovery-timeout.")
-        time.sleep(poll)
 
 
 def output_dir(cfg: RunConfig) -> Path:
@@ -76,7 +38,7 @@ def output_dir(cfg: RunConfig) -> Path:
 
 def run_atm(grid: Grid, cfg: RunConfig) -> RunRecorder:
     """Run ATM under ``cfg`` on ``grid``; returns the recorder (results are written as it goes)."""
-    method, params = registry.resolve(cfg.merge_method, cfg.merge_params)  # refuse before any training
+    method, params = resolve_merge(cfg.merge_method, cfg.merge_params)  # refuse before any training
     family = get_family(cfg)
     backbone = family.build_backbone()
     state = {k: v.detach().clone() for k, v in backbone.state_dict().items()}

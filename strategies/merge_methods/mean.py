@@ -1,0 +1,7 @@
+"""``mean``: the average of the task vectors (ATM, eq. 7 of the paper)."""
+
+from atm_fl.merge import merge_mean
+from atm_fl.plugins import MergeMethod
+
+mean = MergeMethod("mean", lambda vectors, ctx: merge_mean(vectors), (),
+                   "Average of the task vectors (ATM, eq. 7). ATM's default alpha is 1.")
