@@ -11,6 +11,12 @@ What it adds to a bare ``flwr run``:
 * exit status 1 when the run failed: ``flwr run --stream`` exits 0 either way, so the
   run's status is read back with ``flwr ls`` from the same SuperLink, the local one or
   the named federation (``atm-fl run . sites``; docs/deployment.md).
+* the run-config checked first (``atm_fl.config.app_run_config``: keys, types, ranges,
+  merge plugin and its parameters, TOML syntax): a bad one exits with status 2 and one
+  line naming the key, the value and the fix, and Flower is never started.
+
+``atm-fl merges [--markdown]`` lists every installed merge method and server optimizer
+with its parameters and defaults, and any clashing or broken plugin (exit status 1).
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from atm_fl.config import ConfigError, RunConfig, app_run_config
 
 log = logging.getLogger("atm_fl.cli")
 
@@ -87,18 +95,15 @@ def ensure_superlink_env() -> None:
             time.sleep(0.1)
 
 
-def _tasks_from(app: Path, run_config: list[str]) -> list[str]:
-    """The task list the run will see: pyproject default, then --run-config overrides."""
-    import tomllib
+def checked_run_config(app: str, run_config: list[str], federation: str | None) -> RunConfig:
+    """The run-config the ServerApp will get (app defaults + ``--run-config``), with every check it runs.
 
-    from flwr.common.config import parse_config_args
-
-    defaults = tomllib.loads((app / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    tasks = str(defaults.get("tasks", ""))
-    for item in run_config:
-        overrides = parse_config_args([item])
-        tasks = str(overrides.get("tasks", tasks))
-    return [t for t in tasks.split(",") if t.strip()]
+    Raises ``ConfigError`` before anything is started. Against a named federation, a
+    plugin that is not installed on this machine is only warned about: the
+    federation's ServerApp may have it (and checks it before any message).
+    """
+    return app_run_config(None if app.startswith("@") else Path(app), run_config,
+                          missing_plugins_ok=federation is not None)
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -106,9 +111,11 @@ def run(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("app", nargs="?", default=".", help="the Flower app directory (default: .)")
     p.add_argument("federation", nargs="?", default=None, help="federation / SuperLink connection name")
-    p.add_argument("--run-config", action="append", default=[], help="as for flwr run; may repeat")
+    p.add_argument("--run-config", "-c", action="append", default=[], help="as for flwr run; may repeat")
     p.add_argument("--federation-config", default=None, help="as for flwr run")
     args, extra = p.parse_known_args(argv)
+    # Refuse a bad config here, before a SuperLink or Ray starts (ConfigError: main exits 2).
+    cfg = checked_run_config(args.app, args.run_config, args.federation)
     env = {**os.environ, **FLWR_ENV}
     # flwr starts flower-superlink (and Ray its workers) by name: put this environment first.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
@@ -122,7 +129,7 @@ def run(argv: list[str] | None = None) -> int:
         ensure_superlink_env()
         fed = args.federation_config
         if fed is None:
-            n = max(1, len(_tasks_from(Path(args.app), args.run_config)))
+            n = max(1, len(cfg.task_list))
             fed = f"num-supernodes={n} client-resources-num-cpus=1"
         cmd += ["--federation-config", fed]
     cmd += ["--stream", *extra]
@@ -139,12 +146,7 @@ def run(argv: list[str] | None = None) -> int:
                 run_id = m.group(1)
     except KeyboardInterrupt:
         # The run lives on the SuperLink: stop it there too, or it keeps the federation busy.
-        if run_id is not None:
-            log.warning("interrupted: stopping run %s", run_id)
-            subprocess.run([flwr_executable(), "stop", run_id, *([args.federation] if args.federation else [])],
-                           env=env, check=False)
-        proc.terminate()
-        return 130
+        return stop_interrupted_run(proc, run_id, args.federation, env)
     code = proc.wait()
     if code != 0:
         return code
@@ -156,10 +158,60 @@ def run(argv: list[str] | None = None) -> int:
     while not status.startswith("finished") and time.monotonic() < deadline:
         time.sleep(1)
         status = run_status(run_id, args.federation)
+    if status == "finished:stopped":
+        log.error("run %s was stopped (flwr stop). The rounds it finished are kept (results.json, checkpoint/); "
+                  "resume='auto' with the same run-name continues it.", run_id)
+        return 1
     if status != "finished:completed":
         log.error("run %s ended with status %s (see the log above)", run_id, status)
         return 1
     return 0
+
+
+def stop_interrupted_run(proc: subprocess.Popen, run_id: str | None, federation: str | None, env: dict,
+                         wait: float = 60.0) -> int:
+    """Ctrl-C on ``atm-fl run``: stop the run on the SuperLink, wait until it is listed as finished; returns 130.
+
+    ``proc`` is the ``flwr run --stream`` child (only a log stream: ended here). The
+    ServerApp ends the run as ``stopped`` and keeps the finished rounds. ``wait``
+    (default 60 s) bounds the wait for the SuperLink's status; a second Ctrl-C skips it.
+    """
+    fed = [federation] if federation else []
+    try:
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            rest = proc.communicate(timeout=10)[0] or ""
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rest = ""
+        # flwr may have printed the run id after the Ctrl-C reached us.
+        late = re.search(r"run (\d{4,})", rest)
+        run_id = run_id or (late.group(1) if late else None)
+        if run_id is None:
+            log.error("interrupted before flwr printed the run id: if a run was submitted, find it with "
+                      "`flwr ls %s` and stop it with `flwr stop RUN_ID %s`", federation or "", federation or "")
+            return 130
+        log.warning("interrupted: stopping run %s on the SuperLink (press Ctrl-C again to leave without waiting)",
+                    run_id)
+        out = subprocess.run([flwr_executable(), "stop", run_id, *fed], env=env, capture_output=True, text=True,
+                             timeout=120)
+        if out.returncode != 0:
+            log.error("`flwr stop %s` failed: %s", run_id, (out.stdout + out.stderr).strip()[-500:])
+        deadline = time.monotonic() + wait
+        status = run_status(run_id, federation)
+        while not status.startswith("finished") and time.monotonic() < deadline:
+            time.sleep(2)
+            status = run_status(run_id, federation)
+        if status.startswith("finished"):
+            log.warning("run %s is %s. The rounds it finished are kept (results.json, checkpoint/); "
+                        "resume='auto' with the same run-name continues it.", run_id, status)
+        else:
+            log.error("run %s is still '%s' %gs after the stop request: check `flwr ls %s`", run_id, status, wait,
+                      federation or "")
+    except KeyboardInterrupt:
+        log.warning("interrupted again: not waiting for run %s to stop", run_id)
+    return 130
 
 
 def run_status(run_id: str, federation: str | None = None) -> str:
@@ -173,16 +225,67 @@ def run_status(run_id: str, federation: str | None = None) -> str:
     return str(runs[0].get("status", "unknown")) if runs else "unknown"
 
 
+def _plugin_lines(title: str, plugins: dict) -> list[str]:
+    lines = [title]
+    for name, plugin in sorted(plugins.items()):
+        lines.append(f"  {name}: {plugin.doc}")
+        for p in plugin.params:
+            valid = f"one of {', '.join(map(str, p.choices))}" if p.choices else p.expect
+            lines.append(f"      {p.name} = {p.default!r}  {p.doc}" + (f" [{valid}]" if valid else ""))
+        if not plugin.params:
+            lines.append("      (no parameters)")
+    return lines
+
+
+def merges(argv: list[str] | None = None) -> int:
+    """``atm-fl merges``: every installed merge method and server optimizer, and broken or clashing plugins."""
+    p = argparse.ArgumentParser(prog="atm-fl merges", description=merges.__doc__)
+    p.add_argument("--markdown", action="store_true", help="markdown tables (for docs) instead of text")
+    args = p.parse_args(argv)
+    from atm_fl import plugins  # imports torch: only for this command
+
+    methods, optimizers, problems = plugins.merge_methods(), plugins.server_optimizers(), plugins.plugin_problems()
+    if args.markdown:
+        out = ["## Merge methods (`merge-method`, `merge-params`)", "", plugins.plugins_markdown(methods)]
+        if optimizers:
+            out += ["## Server optimizers (`server-optimizer`, `server-params`)", "",
+                    plugins.plugins_markdown(optimizers)]
+        if problems:
+            out += ["## Plugins that cannot be used", "", "| entry-point group | name | problem |", "|---|---|---|",
+                    *(f"| `{g}` | `{n}` | {why} |" for g, probs in problems.items() for n, why in probs.items()), ""]
+    else:
+        out = _plugin_lines(f"merge methods (run-config merge-method; parameters: merge-params='name=value,...'; "
+                            f"entry-point group {plugins.MERGE_GROUP}):", methods)
+        if optimizers:
+            out += ["", *_plugin_lines("server optimizers (run-config server-optimizer; parameters: server-params; "
+                                       f"entry-point group {plugins.OPTIMIZER_GROUP}):", optimizers)]
+        if problems:
+            out += ["", "plugins that cannot be used (refused when selected):",
+                    *(f"  {n} ({g}): {why}" for g, probs in problems.items() for n, why in sorted(probs.items()))]
+    print("\n".join(out).rstrip("\n"))
+    return 1 if problems else 0
+
+
+USAGE = """usage: atm-fl run [APP] [FEDERATION] [--run-config ...] [--federation-config ...]
+       atm-fl merges [--markdown]"""
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="atm-fl: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: atm-fl run [APP] [FEDERATION] [--run-config ...] [--federation-config ...]")
+        print(USAGE)
         return 0
-    if argv[0] == "run":
-        return run(argv[1:])
-    print(f"atm-fl: unknown command {argv[0]!r}; try 'atm-fl run'", file=sys.stderr)
-    return 2
+    commands = {"run": run, "merges": merges}
+    if argv[0] not in commands:
+        print(f"atm-fl: unknown command {argv[0]!r}; try one of: {', '.join(commands)}", file=sys.stderr)
+        return 2
+    try:
+        return commands[argv[0]](argv[1:])
+    except ConfigError as err:
+        # One line that names the key, the value and the fix; nothing has been started.
+        print(f"atm-fl: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
