@@ -17,11 +17,13 @@ simulation, so every client shares this process's GPU one after another.
 
 What it records (JSON, to ``$OUT/gpu-proof.json`` when ``$OUT`` is set, else ``--out``):
 the GPU (``nvidia-smi`` name, driver, memory), torch / CUDA / open_clip versions, the
-run-config, per round ``round_seconds`` (server clock: train messages out -> merged
+run-config (data streamed: ``data-in-memory-mb = 0`` and ``--data-workers`` DataLoader
+workers by default, as the paper-scale runs need; docs/data.md), per round ``round_seconds`` (server clock: train messages out -> merged
 model, client fine-tuning included), ``eval_seconds``, ``merge_seconds``, per task the
 client's fine-tune ``seconds``, ``num-examples`` and images/s, and accuracy; the peak
 GPU memory (``torch.cuda.max_memory_allocated`` over the whole run, all clients share
-one process); and, unless ``--no-step-bench``, one fine-tune step's throughput of the
+one process); the peak host memory of this process (``ru_maxrss``, DataLoader workers
+not included, and ``ru_maxrss`` of its largest finished child); and, unless ``--no-step-bench``, one fine-tune step's throughput of the
 ViT-B-16 visual tower at 224 px (batch ``--batch-size``, AdamW) in fp32 and in bf16
 autocast, timed with CUDA synchronisation after warm-up steps.
 
@@ -37,6 +39,7 @@ import json
 import logging
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -97,6 +100,12 @@ def run_atm_inprocess(raw: dict) -> tuple[dict, float]:
     with flower_identity():
         recorder = run_atm(grid, cfg)
     return recorder.to_dict(), time.perf_counter() - t0
+
+
+def host_memory() -> dict:
+    """Peak resident set of this process and of its largest finished child (DataLoader workers), in MiB."""
+    return {"peak_host_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_child_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
 
 
 def summarise(results: dict) -> list[dict]:
@@ -182,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-eval-examples", type=int, default=500)
     ap.add_argument("--local-epochs", type=float, default=1.0)
     ap.add_argument("--lr", type=float, default=1e-5)
+    ap.add_argument("--data-in-memory-mb", type=float, default=0.0,
+                    help="run-config data-in-memory-mb; 0 (default) streams every split")
+    ap.add_argument("--data-workers", type=int, default=2, help="run-config data-workers")
     ap.add_argument("--step-bench", action=argparse.BooleanOptionalAction, default=True,
                     help="also time one ViT fine-tune step in fp32 vs bf16 (CUDA only)")
     ap.add_argument("--bench-steps", type=int, default=20)
@@ -207,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         "tasks": args.tasks, "num-server-rounds": args.rounds, "local-epochs": args.local_epochs,
         "device": args.device, "precision": args.precision, "batch-size": args.batch_size, "lr": args.lr,
         "max-train-examples": args.max_train_examples, "max-eval-examples": args.max_eval_examples,
+        "data-in-memory-mb": args.data_in_memory_mb, "data-workers": args.data_workers,
         "output-dir": args.runs_dir, "run-name": "gpu-proof", "save-model": False, "discovery-timeout": 5.0})
     report["run_config"] = raw
     cuda = torch.cuda.is_available() and args.device != "cpu"
@@ -217,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         report["atm"] = {"status": results["status"], "wall_seconds": wall, "model": results.get("model"),
                          "merged_parameters": results.get("merged_parameters"),
                          "rounds": summarise(results), "final": results.get("final")}
+        report["atm"].update(host_memory())
         if cuda:
             report["atm"]["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
             report["atm"]["peak_gpu_memory_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
@@ -230,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001
             log.exception("step bench failed")
             report["step_bench"] = {"error": f"{type(exc).__name__}: {exc}"}
+    report["host_memory_end"] = host_memory()
     report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     save()
     log.info("wrote %s", out_path)

@@ -60,25 +60,32 @@ class PrototypeHead(nn.Module):
         return self.scale * z @ self.prototypes.T
 
 
-def fit_prototype_head(backbone: nn.Module, train: Batch, num_classes: int, *, batch_size: int = 64,
+def fit_prototype_head(backbone: nn.Module, train, num_classes: int, *, batch_size: int = 64,
                        scale: float = 10.0, device: str = "cpu") -> PrototypeHead:
     """Class-mean head on pretrained features: center, normalise, average per class.
 
+    ``train`` is a split (``atm_fl.data``; in memory or streamed) or a plain ``Batch``.
+    The features of every example are kept while the head is built (N x feature
+    size floats); ``max-head-examples`` bounds N for large splits.
     Raises ``ValueError`` naming the classes with no training example.
     """
+    from atm_fl.data import as_split
+
+    train = as_split(train)
     feats = extract_features(backbone, train, batch_size, device)
-    labels = train["labels"].long()
+    labels = train.labels.long()
     center = feats.mean(0)
     z = nn.functional.normalize(feats - center, dim=-1)
     counts = torch.bincount(labels, minlength=num_classes)
     if bool((counts == 0).any()):
         missing = [int(c) for c in torch.nonzero(counts == 0).flatten()]
         raise ValueError(f"no training example of class(es) {missing}: the head needs at least one per class; "
-                         "raise max-train-examples or fix the task's data")
+                         "raise max-train-examples (or max-head-examples) or fix the task's data")
     protos = torch.zeros(num_classes, z.shape[1]).index_add_(0, labels, z) / counts[:, None]
     head = PrototypeHead(protos, center, scale)
     acc = float((head(feats).argmax(1) == labels).float().mean())
-    log.info("prototype head: %d classes, %d features, train acc %.3f", num_classes, z.shape[1], acc)
+    log.info("prototype head: %d classes, %d features, %d examples, train acc %.3f", num_classes, z.shape[1],
+             len(labels), acc)
     return head
 
 
@@ -86,6 +93,9 @@ class ModelFamily(ABC):
     """A model family: subclasses set ``name`` and implement the abstract methods."""
 
     name: str = ""
+    # Whether ``build_head`` reads the training examples (prototype heads); False lets a
+    # client build the head without touching its data.
+    head_reads_data: bool = True
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
@@ -96,10 +106,18 @@ class ModelFamily(ABC):
 
     @abstractmethod
     def encode(self, split, task: TaskSplits) -> Batch:
-        """Turn a ``datasets.Dataset`` split into tensors; must include ``labels``."""
+        """Turn a ``datasets.Dataset`` split into tensors; must include ``labels``.
 
-    def build_head(self, backbone: nn.Module, task: TaskSplits, train: Batch) -> nn.Module:
-        """The task's frozen head; default: class prototypes of pretrained features."""
+        It is called on a whole split (data held in memory) and on one batch of rows at
+        a time (streamed data, ``atm_fl.data``), so it must treat every example on its
+        own: the same example gives the same tensor either way.
+        """
+
+    def build_head(self, backbone: nn.Module, task: TaskSplits, train) -> nn.Module:
+        """The task's frozen head; default: class prototypes of pretrained features.
+
+        ``train`` is the split the head is built from (``atm_fl.data``: in memory or streamed).
+        """
         return fit_prototype_head(backbone, train, task.num_classes, batch_size=self.cfg.batch_size,
                                   device=self.device)
 
@@ -129,11 +147,20 @@ def inputs_of(batch: Batch) -> Batch:
 
 
 @torch.no_grad()
-def extract_features(backbone: nn.Module, data: Batch, batch_size: int, device: str = "cpu") -> torch.Tensor:
+def extract_features(backbone: nn.Module, data, batch_size: int, device: str = "cpu") -> torch.Tensor:
+    """Features of every example of ``data`` (a split or a ``Batch``), in order, as float32 on the CPU."""
+    from atm_fl.data import as_split
+
     backbone.to(device).eval()
     feats = [backbone(**{k: v.to(device) for k, v in inputs_of(b).items()}).float().cpu()
-             for b in iterate(data, batch_size)]
+             for b in as_split(data).batches(batch_size)]
     return torch.cat(feats)
+
+
+def label_tensor(split) -> torch.Tensor:
+    """The ``label`` column of a ``datasets.Dataset`` as int64, read through Arrow (no per-row Python)."""
+    col = split.select_columns(["label"]).with_format("arrow")[:]["label"]
+    return torch.from_numpy(col.to_numpy().astype(np.int64))
 
 
 def subset_indices(n: int, cap: int, seed: int) -> np.ndarray:

@@ -13,12 +13,11 @@ from __future__ import annotations
 import functools
 import logging
 
-import numpy as np
 import torch
 from torch import nn
 
-from atm_fl.models.base import Batch, ModelFamily
-from atm_fl.models.images import images_to_tensor
+from atm_fl.models.base import Batch, ModelFamily, label_tensor
+from atm_fl.models.images import images_to_tensor, read_images
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +69,10 @@ class EfficientNetLite0Family(ModelFamily):
         return EfficientNetBackbone()
 
     def encode(self, split, task) -> Batch:
-        images = split.with_format("numpy")["image"] if task.modality == "image" else None
-        if images is None:
+        if task.modality != "image":
             raise ValueError(f"model-family 'efficientnet-lite0' needs image tasks; task {task.name!r} is {task.modality}")
-        labels = torch.as_tensor(np.asarray(split["label"]), dtype=torch.long)
-        return {"pixel_values": images_to_tensor(images, self.cfg.image_size), "labels": labels}
+        return {"pixel_values": images_to_tensor(read_images(split), self.cfg.image_size),
+                "labels": label_tensor(split)}
 
     def describe(self) -> dict:
         return {"family": self.name, "model": "EfficientNet-Lite0 (ImageNet)",

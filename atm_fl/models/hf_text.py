@@ -29,11 +29,10 @@ import importlib.util
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from atm_fl.models.base import Batch, ModelFamily
+from atm_fl.models.base import Batch, ModelFamily, label_tensor
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +55,11 @@ def _tokenizer(path: str):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path)
+
+
+def text_column(split, column: str) -> list[str]:
+    """A text column as a list of str, read through Arrow (no per-row formatting)."""
+    return split.select_columns([column]).with_format("arrow")[:][column].to_pylist()
 
 
 def is_offline_minilm(name: str) -> bool:
@@ -104,11 +108,12 @@ class TransformersFamily(ModelFamily):
         if task.modality != "text":
             raise ValueError(f"model-family 'transformers' needs text tasks; task {task.name!r} is {task.modality}")
         tok = _tokenizer(self.path)
-        pair = list(split["text_pair"]) if "text_pair" in split.column_names else None
-        enc = tok(list(split["text"]), pair, truncation=True, max_length=self.cfg.max_seq_length,
+        pair = text_column(split, "text_pair") if "text_pair" in split.column_names else None
+        # padding="max_length": every example has the same length whether it is encoded with
+        # its whole split or in a streamed batch (atm_fl.data), so both give the same tensors.
+        enc = tok(text_column(split, "text"), pair, truncation=True, max_length=self.cfg.max_seq_length,
                   padding="max_length", return_tensors="pt")
-        labels = torch.as_tensor(np.asarray(split["label"]), dtype=torch.long)
-        out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
+        out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": label_tensor(split)}
         if pair is not None and "token_type_ids" in enc and self._uses_segments():
             out["token_type_ids"] = enc["token_type_ids"]
         return out

@@ -6,12 +6,11 @@ gradient-descent equivalence test can run the real client/strategy code in secon
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
-from atm_fl.models.base import Batch, ModelFamily
-from atm_fl.models.images import images_to_tensor
+from atm_fl.models.base import Batch, ModelFamily, label_tensor
+from atm_fl.models.images import images_to_tensor, read_images
 
 
 class TinyBackbone(nn.Module):
@@ -39,9 +38,8 @@ class TinyMLPFamily(ModelFamily):
         return TinyBackbone(self.cfg.image_size, seed=1234)
 
     def encode(self, split, task) -> Batch:
-        images = split.with_format("numpy")["image"]
-        labels = torch.as_tensor(np.asarray(split["label"]), dtype=torch.long)
-        return {"pixel_values": images_to_tensor(images, self.cfg.image_size), "labels": labels}
+        return {"pixel_values": images_to_tensor(read_images(split), self.cfg.image_size),
+                "labels": label_tensor(split)}
 
     def describe(self) -> dict:
         return {"family": self.name, "model": "random tiny conv net (tests only)"}

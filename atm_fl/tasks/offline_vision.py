@@ -131,21 +131,10 @@ def _dataset(table: pa.Table) -> datasets.Dataset:
 
 
 def image_array(split: datasets.Dataset, column: str = "image"):
-    """Return the images of ``split`` as one uint8 array [N, H, W(, C)] when they share a shape.
+    """The images of ``split`` as one uint8 array [N, H, W(, C)] (``atm_fl.models.images.read_images``)."""
+    from atm_fl.models.images import read_images
 
-    ``Array2D``/``Array3D`` columns go through Arrow (no per-row Python); other
-    columns (PIL images from local folders) are decoded row by row and stacked
-    when all shapes agree, else returned as a list of uint8 arrays.
-    """
-    feat = split.features[column]
-    if isinstance(feat, (datasets.Array2D, datasets.Array3D)):
-        arr = split.with_format("arrow")[:][column].combine_chunks()
-        out = arr.to_numpy(zero_copy_only=False)
-        return out.reshape((len(split), *feat.shape)).astype(np.uint8, copy=False)
-    arrays = [np.asarray(img, dtype=np.uint8) for img in split[column]]
-    if arrays and all(a.shape == arrays[0].shape for a in arrays):
-        return np.stack(arrays)
-    return arrays
+    return read_images(split, column)
 
 
 def _dataset_dict(tables: dict[str, pa.Table]) -> datasets.DatasetDict:
