@@ -10,11 +10,15 @@ Certificates, site keys, a SuperLink with TLS and SuperNode authentication, the 
 federation entry, each site's key registered, one SuperNode per site (optionally
 serving its own data directory), and optionally a SuperNode whose key nobody
 registered. Every process started here is stopped by its PID. Used by
-tests/test_deploy.py and experiments/bench_deploy.py.
+tests/test_deploy.py, tests/test_deploy_faults.py and experiments/bench_deploy.py.
+
+``descendants`` / ``alive``: the process tree under a PID, read from /proc, for the
+checks that a killed SuperNode or ServerApp leaves no process behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -63,6 +67,46 @@ class FlowerEnv:
         shutil.rmtree(self.ray_tmp, ignore_errors=True)
 
 
+def _proc_table() -> dict[int, tuple[str, int, str]]:
+    """pid -> (state, parent pid, command line) of every process, from /proc."""
+    table = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (proc / "stat").read_text()
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # the command name may contain spaces and ')'
+        table[int(proc.name)] = (fields[0], int(fields[1]), cmd)
+    return table
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """Every living (not zombie) process below ``pid``: pid -> command line."""
+    table = _proc_table()
+    children: dict[int, list[int]] = {}
+    for child, (_, parent, _) in table.items():
+        children.setdefault(parent, []).append(child)
+    out, todo = {}, [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            todo.append(child)
+            if table[child][0] != "Z":
+                out[child] = table[child][2]
+    return out
+
+
+def is_command(cmdline: str, name: str) -> bool:
+    """True if ``cmdline`` runs the program ``name`` (directly, or as a script given to python)."""
+    return any(Path(part).name == name for part in cmdline.split()[:2])
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (an exited process nobody has reaped yet)."""
+    state = _proc_table().get(pid)
+    return state is not None and state[0] != "Z"
+
+
 def port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
@@ -78,6 +122,8 @@ class Deployment:
     node_ids: dict = field(default_factory=dict)  # site -> node id from registration
     procs: dict = field(default_factory=dict)  # name -> Popen
     logs: dict = field(default_factory=dict)  # name -> log path
+    runs: dict = field(default_factory=dict)  # name -> Popen of a background ``atm-fl run``
+    stopped: set = field(default_factory=set)  # names of processes a test stopped or killed on purpose
 
     def start(self, name: str, cmd: list[str]) -> subprocess.Popen:
         log = self.tmp / f"{name}.log"
@@ -88,15 +134,19 @@ class Deployment:
 
     def stop_all(self) -> None:
         """SIGTERM every process started here by PID, then SIGKILL what is left after 15 s."""
-        for proc in self.procs.values():
+        # A background run is a session of its own (atm-fl and its flwr child): signal the group.
+        kills = [(proc, os.killpg) for proc in self.runs.values()] + [(proc, os.kill) for proc in self.procs.values()]
+        for proc, kill in kills:
             if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGTERM)
+                with contextlib.suppress(ProcessLookupError):
+                    kill(proc.pid, signal.SIGTERM)
         deadline = time.time() + 15
-        for proc in self.procs.values():
+        for proc, kill in kills:
             try:
                 proc.wait(timeout=max(0.1, deadline - time.time()))
             except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    kill(proc.pid, signal.SIGKILL)
                 proc.wait()
 
     def sh(self, *args, timeout: int = 60) -> str:
@@ -109,10 +159,61 @@ class Deployment:
     def log(self, name: str) -> str:
         return self.logs[name].read_text(errors="replace")
 
+    def start_supernode(self, name: str, task: str, *extra: str, key: str | None = None) -> subprocess.Popen:
+        """``deploy/start-supernode.sh`` for ``task`` with site key ``key`` (default: ``name``), logged as ``name``.
+
+        The process is the script's supervisor: ``flower-supernode`` is its child.
+        """
+        return self.start(name, [str(DEPLOY / "start-supernode.sh"), "--superlink", f"127.0.0.1:{self.port}",
+                                 "--ca", str(self.tmp / "certs" / "ca.crt"),
+                                 "--key", str(self.tmp / "keys" / (key or name)),
+                                 "--task", task, "--port", str(free_port()), *extra])
+
+    def supernode_pid(self, name: str, timeout: float = 30) -> int:
+        """The PID of the ``flower-supernode`` process under the supervisor logged as ``name``."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            for pid, cmd in descendants(self.procs[name].pid).items():
+                if is_command(cmd, "flower-supernode"):
+                    return pid
+            time.sleep(0.2)
+        raise RuntimeError(f"no flower-supernode process under {name}:\n{self.log(name)[-2000:]}")
+
     def atm_fl_run(self, run_config: str, timeout: int = 300) -> subprocess.CompletedProcess:
         """``atm-fl run . sites --run-config ...`` against this deployment (the documented command)."""
         return subprocess.run([sys.executable, "-m", "atm_fl.cli", "run", ".", "sites", "--run-config", run_config],
                               env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+    def start_run(self, name: str, run_config: str) -> subprocess.Popen:
+        """``atm-fl run . sites`` in the background, output in ``run-NAME.log``.
+
+        It runs in a session of its own, like the foreground job of a terminal, so a test
+        can press Ctrl-C with ``os.killpg(proc.pid, signal.SIGINT)``.
+        """
+        log = self.tmp / f"run-{name}.log"
+        with open(log, "wb") as fh:
+            proc = subprocess.Popen([sys.executable, "-m", "atm_fl.cli", "run", ".", "sites", "--run-config",
+                                     run_config], env=self.env, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        self.runs[name], self.logs[f"run-{name}"] = proc, log
+        return proc
+
+    def run_id(self, name: str) -> str | None:
+        """The run id that ``flwr run`` printed for the background run ``name``, once it has."""
+        for line in self.log(f"run-{name}").splitlines():
+            if "Successfully started run " in line:
+                return line.rsplit(" ", 1)[1].strip()
+        return None
+
+    def run_status(self, run_id: str) -> str:
+        """``<status>:<sub-status>`` of a run on this deployment's SuperLink, as ``flwr ls`` reports it."""
+        out = subprocess.run(["flwr", "ls", "sites", "--run-id", str(run_id), "--format", "json"], env=self.env,
+                             cwd=self.tmp, capture_output=True, text=True)
+        try:
+            runs = json.loads(out.stdout[out.stdout.index("{"):]).get("runs", [])
+        except ValueError:
+            return f"unknown ({out.stdout.strip() or out.stderr.strip()})"
+        return str(runs[0].get("status", "unknown")) if runs else "unknown"
 
     def wait_online(self, n: int, timeout: float = 90) -> list[dict]:
         """The SuperLink's node list once ``n`` nodes are online (each flwr call costs ~1 s of CPU: poll gently)."""
@@ -120,7 +221,7 @@ class Deployment:
         nodes: list[dict] = []
         while time.time() < deadline:
             for name, proc in self.procs.items():
-                if name != INTRUDER and proc.poll() is not None:
+                if name != INTRUDER and name not in self.stopped and proc.poll() is not None:
                     raise RuntimeError(f"{name} exited:\n{self.log(name)[-3000:]}")
             if sum("SuperNode ID:" in self.log(site) for site in self.sites) < n:
                 time.sleep(0.5)
@@ -167,17 +268,13 @@ def local_deployment(tmp: Path, sites: Sequence[str], data_dirs: Mapping[str, Pa
         for site in sites:
             out = dep.sh(DEPLOY / "register-site.sh", "sites", tmp / "keys" / f"{site}.pub", site)
             dep.node_ids[site] = int(out.split("as node ")[1].split()[0])
-        def supernode(name: str, task: str, *extra: str) -> None:
-            dep.start(name, [str(DEPLOY / "start-supernode.sh"), "--superlink", f"127.0.0.1:{dep.port}",
-                             "--ca", str(tmp / "certs" / "ca.crt"), "--key", str(tmp / "keys" / name),
-                             "--task", task, "--port", str(free_port()), *extra])
-
         # 4. one SuperNode per site, each with its local data directory if it has one
         for site in sites:
-            supernode(site, site, *(["--data-dir", str(data_dirs[site])] if site in data_dirs else []))
-        # 5. a SuperNode whose key nobody registered (it gives up after two refused tries)
+            dep.start_supernode(site, site, *(["--data-dir", str(data_dirs[site])] if site in data_dirs else []))
+        # 5. a SuperNode whose key nobody registered (it gives up at the first refusal)
         if intruder:
-            supernode(INTRUDER, sites[0], "--", "--max-retries", "2", "--max-wait-time", "20")
+            dep.start_supernode(INTRUDER, sites[0], "--rejoin-wait", "0", "--", "--max-retries", "2",
+                                "--max-wait-time", "20")
         dep.wait_online(len(sites))
         yield dep
     finally:

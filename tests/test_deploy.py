@@ -77,8 +77,8 @@ def test_atm_round_over_tls_with_authenticated_sites(deployment):
     if deployment.local_data:
         # optdigits came from the site's directory (30 test images; the built-in data would give
         # max-eval-examples=32).
-        line = next(ln for ln in deployment.log("optdigits").splitlines() if "task optdigits ready" in ln)
-        assert "/ 30 test examples" in line, line
+        assert [r["eval"]["optdigits"]["num-examples"] for r in res["rounds"]] == [30, 30]
+        assert res["rounds"][1]["eval"]["mnist"]["num-examples"] == 32
 
 
 def test_failed_remote_run_exits_nonzero(deployment):
