@@ -38,6 +38,7 @@ class RoundRecord:
     bytes_sent: int = 0
     bytes_received: int = 0
     checkpoint_seconds: float = 0.0
+    server: dict[str, float] = field(default_factory=dict)  # alpha, merged_norm, step_norm, base_norm
 
     def average(self, metric: str = "accuracy") -> float:
         vals = [m[metric] for m in self.eval.values() if metric in m]
@@ -95,7 +96,11 @@ class RunRecorder:
                 "accuracy": {t: m.get("accuracy") for t, m in last.eval.items()}}
 
     def write(self) -> None:
-        (self.out_dir / "results.json").write_text(json.dumps(self.to_dict(), indent=2, default=float))
+        # Strict JSON (RFC 8259 has no NaN or Infinity): non-finite numbers are written as null.
+        text = json.dumps(strict_json(self.to_dict()), indent=2, allow_nan=False)
+        tmp = self.out_dir / "results.json.tmp"
+        tmp.write_text(text)
+        tmp.replace(self.out_dir / "results.json")
         metric_names = sorted({k for rec in self.rounds.values() for m in rec.eval.values() for k in m})
         with open(self.out_dir / "metrics.csv", "w", newline="") as fh:
             w = csv.writer(fh)
@@ -117,6 +122,24 @@ class RunRecorder:
                      for t in tasks]
             lines.append(f"{r:>5} " + " ".join(cells) + f" {100 * rec.average():>{width}.2f}")
         return "\n".join(lines)
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (and tuples as lists), for ``allow_nan=False``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    try:
+        return strict_json(float(value))
+    except (TypeError, ValueError):
+        return str(value)
 
 
 def save_backbone(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, Any]) -> None:

@@ -87,18 +87,6 @@ def record_views(record) -> dict[str, torch.Tensor]:
         return {name: torch.from_numpy(_npy_view(record[name].data)) for name in record}
 
 
-def flatten_record(record, layout: Layout) -> torch.Tensor:
-    """Flatten a Flower ``ArrayRecord`` holding the layout's tensors straight into one float32 vector.
-
-    ``record.to_torch_state_dict()`` followed by ``flatten`` copies every entry twice
-    (``np.load`` out of the message bytes, then into the flat vector); reading each
-    array's bytes in place copies it once. The record must already have passed
-    ``strategies.validation.check_record`` (keys, shapes, dtypes).
-    """
-    views = record_views(record)
-    return flatten({name: views[name] for name in layout.keys}, layout)
-
-
 def unflatten(flat: torch.Tensor, layout: Layout) -> dict[str, torch.Tensor]:
     """Views of ``flat`` shaped as the layout's tensors (no copy)."""
     if flat.dim() != 1 or flat.numel() != layout.numel:

@@ -48,8 +48,12 @@ def test_flwr_run_simulation_runs_atm_and_writes_results(tmp_path, flwr_env):
 
 
 def test_failed_run_gives_nonzero_exit_and_the_reason(tmp_path, flwr_env):
-    proc = atm_fl_run(flwr_env, f"model-family='tiny-mlp' tasks='mnist,optdigits' merge-method='avg' "
-                                f"output-dir='{tmp_path / 'runs'}'")
+    # A failure only the clients can see (the CLI's checks pass): one training example
+    # cannot give every class a prototype, so every task fails and round 1 stops the run.
+    proc = atm_fl_run(flwr_env, f"model-family='tiny-mlp' tasks='mnist,optdigits' max-train-examples=1 "
+                                f"num-server-rounds=1 output-dir='{tmp_path / 'runs'}' run-name='bad'")
     log = proc.stdout + proc.stderr
-    assert proc.returncode != 0, log[-4000:]
-    assert "not a merge method" in log and "mean" in log
+    assert proc.returncode == 1, log[-4000:]
+    assert "no training example of class" in log and "finished:failed" in log
+    res = json.loads((tmp_path / "runs" / "bad" / "results.json").read_text())
+    assert res["status"] == "failed" and "RoundFailed" in res["error"]

@@ -144,7 +144,7 @@ def test_reply_later_than_round_timeout_counts_as_failed(tmp_path, identity, del
     (lambda tv: {**tv, "extra.weight": torch.zeros(3)}, "unexpected"),
     (lambda tv: dict(list(tv.items())[1:]), "missing"),
     (lambda tv: {k: v.double() for k, v in tv.items()}, "dtype"),
-    (lambda tv: {k: v * 1e4 for k, v in tv.items()}, "median"),
+    (lambda tv: {k: v * 1e4 for k, v in tv.items()}, "base model's norm"),
 ])
 def test_bad_update_is_refused_and_merge_equals_the_good_ones_alone(tmp_path, identity, edit, reason):
     rec, _, out = run(tmp_path, faults={3: poison(edit)}, name="poisoned",
@@ -168,7 +168,7 @@ def test_task_without_a_node_fails_discovery_with_the_fix(tmp_path, identity):
         run_atm(grid, parse_run_config(raw))
 
 
-@pytest.mark.parametrize("method", ["sum", "ties", "breadcrumbs", "dare"])
+@pytest.mark.parametrize("method", ["sum", "ties", "breadcrumbs", "dare", "tsv-m", "iso-c", "iso-cts", "cart"])
 def test_every_merge_method_runs_end_to_end(tmp_path, identity, method):
     rec, _, _ = run(tmp_path, **{"merge-method": method, "num-server-rounds": 1})
     assert rec.status == "finished" and set(rec.rounds[1].eval) == {"mnist", "optdigits", "ising"}
