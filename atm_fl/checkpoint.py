@@ -5,6 +5,9 @@ next round's train messages, run-config ``evaluate-in-train``) the server writes
 ``<run dir>/checkpoint/``:
 
 * ``round-NNNN.safetensors``: the base after round NNNN (the full backbone state dict);
+* ``server-NNNN.safetensors``: the server update rule's state after round NNNN (e.g.
+  momentum or Adam moments; absent for ``server-optimizer = none``), with its step count
+  in ``state.json``;
 * ``state.json``: the round number, the model file and its SHA-256, the run-config,
   the per-round records of rounds 0..NNNN (so a resumed ``results.json`` keeps them),
   and the server process's RNG states (Python ``random``, NumPy, torch).
@@ -30,7 +33,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -62,6 +65,8 @@ class Checkpoint:
     rounds: list[dict[str, Any]]
     rng: dict[str, Any]
     extra: dict[str, Any]
+    server_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    server_steps: int = 0
 
 
 # --------------------------------------------------------------------------- RNG state
@@ -105,8 +110,9 @@ def _replace_atomically(path: Path, write) -> None:
 
 def save_checkpoint(run_dir: Path, server_round: int, state: Mapping[str, torch.Tensor], *,
                     config: Mapping[str, Any], rounds: list[dict[str, Any]],
-                    extra: Mapping[str, Any] | None = None) -> Path:
-    """Checkpoint the base after ``server_round``; returns the model file's path."""
+                    extra: Mapping[str, Any] | None = None,
+                    server_state: Mapping[str, torch.Tensor] | None = None, server_steps: int = 0) -> Path:
+    """Checkpoint the base (and the server update rule's state) after ``server_round``; returns the model file."""
     from safetensors.torch import save_file
 
     ckdir = Path(run_dir) / DIRNAME
@@ -116,10 +122,16 @@ def save_checkpoint(run_dir: Path, server_round: int, state: Mapping[str, torch.
     _replace_atomically(model, lambda p: save_file(tensors, str(p), metadata={"round": str(server_round)}))
     payload = {"format": FORMAT, "round": server_round, "model_file": model.name, "sha256": _sha256(model),
                "saved_at": time.time(), "config": dict(config), "rounds": rounds, "rng": rng_state(),
-               "extra": dict(extra or {})}
+               "extra": dict(extra or {}), "server_steps": int(server_steps)}
+    if server_state:
+        opt = ckdir / f"server-{server_round:04d}.safetensors"
+        buffers = {k: v.detach().contiguous().cpu() for k, v in server_state.items()}
+        _replace_atomically(opt, lambda p: save_file(buffers, str(p), metadata={"round": str(server_round)}))
+        payload.update(server_file=opt.name, server_sha256=_sha256(opt))
     _replace_atomically(ckdir / STATE_FILE, lambda p: p.write_text(json.dumps(payload, indent=1, default=float)))
-    for old in ckdir.glob("round-*.safetensors"):
-        if old.name != model.name:
+    keep = {model.name, payload.get("server_file")}
+    for old in [*ckdir.glob("round-*.safetensors"), *ckdir.glob("server-*.safetensors")]:
+        if old.name not in keep:
             old.unlink(missing_ok=True)
     return model
 
@@ -150,8 +162,16 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
     if not model.is_file() or _sha256(model) != meta["sha256"]:
         raise ConfigError(f"checkpoint model {model} is missing or does not match the SHA-256 in "
                           f"{ckdir / STATE_FILE}; the checkpoint is damaged and cannot be resumed.")
+    server_state: dict[str, torch.Tensor] = {}
+    if meta.get("server_file"):
+        opt = ckdir / meta["server_file"]
+        if not opt.is_file() or _sha256(opt) != meta.get("server_sha256"):
+            raise ConfigError(f"checkpoint server-optimizer state {opt} is missing or does not match the SHA-256 in "
+                              f"{ckdir / STATE_FILE}; the checkpoint is damaged and cannot be resumed.")
+        server_state = load_file(str(opt))
     return Checkpoint(run_dir=run_dir, round=int(meta["round"]), state=load_file(str(model)),
-                      config=meta["config"], rounds=meta["rounds"], rng=meta["rng"], extra=meta.get("extra", {}))
+                      config=meta["config"], rounds=meta["rounds"], rng=meta["rng"], extra=meta.get("extra", {}),
+                      server_state=server_state, server_steps=int(meta.get("server_steps", 0)))
 
 
 def clear_checkpoint(run_dir: Path) -> None:
@@ -199,6 +219,10 @@ def check_compatible(saved: Mapping[str, Any], cfg: RunConfig) -> None:
         default = KEY_BY_NAME[name].default if name in KEY_BY_NAME else None
         if saved.get(name, default) != now.get(name, default):
             differ.append(f"{name}: checkpoint {saved.get(name, default)!r}, now {now.get(name, default)!r}")
+    schedule = now.get("alpha-schedule", "constant")
+    if schedule != "constant" and saved.get("num-server-rounds") != now.get("num-server-rounds"):
+        differ.append(f"num-server-rounds: checkpoint {saved.get('num-server-rounds')!r}, now "
+                      f"{now.get('num-server-rounds')!r} (alpha-schedule={schedule!r} depends on it)")
     if differ:
         raise ConfigError("cannot resume: run-config differs from the stopped run's on "
                           + "; ".join(differ) + ". Resume with the same settings (only "

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from atm_fl.models.base import Batch, inputs_of, iterate
+from atm_fl.data import as_split
+from atm_fl.models.base import inputs_of
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +30,22 @@ class FinetuneSettings:
     max_grad_norm: float = 0.0
     device: str = "cpu"
     precision: str = "fp32"  # "fp32" | "bf16" | "fp16"; mixed precision applies on CUDA only
+    warmup_steps: int = 0  # linear lr warm-up over this many steps (0: none)
+    warmup_scope: str = "run"  # "run": the client's first steps over all rounds; "round": every round's first steps
 
     @classmethod
     def from_config(cls, cfg) -> "FinetuneSettings":
         return cls(epochs=cfg.local_epochs, batch_size=cfg.batch_size, optimizer=cfg.optimizer, lr=cfg.lr,
                    weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, device=resolve_device(cfg.device),
-                   precision=getattr(cfg, "precision", "fp32"))
+                   precision=getattr(cfg, "precision", "fp32"), warmup_steps=cfg.client_lr_warmup,
+                   warmup_scope=cfg.client_lr_warmup_scope)
+
+    def lr_at(self, round_index: int, step: int, steps_per_round: int) -> float:
+        """The lr of ``step`` (1-based) of round ``round_index``: ``lr`` after a linear warm-up."""
+        if self.warmup_steps <= 0:
+            return self.lr
+        done = step if self.warmup_scope == "round" else (round_index - 1) * steps_per_round + step
+        return self.lr * min(1.0, done / self.warmup_steps)
 
 
 def resolve_device(name: str) -> str:
@@ -85,22 +96,51 @@ def make_optimizer(params, s: FinetuneSettings) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
 
 
-def finetune(backbone: nn.Module, head: nn.Module, data: Batch, s: FinetuneSettings, *,
-             round_index: int = 1, seed: int = 0, progress_label: str = "") -> dict[str, float]:
+def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """An optimiser's per-parameter state (Adam moments and step counts, SGD momentum) as flat named tensors."""
+    return {f"{i}.{name}": (v if torch.is_tensor(v) else torch.tensor(float(v))).detach().cpu().clone()
+            for i, st in opt.state_dict()["state"].items() for name, v in st.items()}
+
+
+def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], params) -> bool:
+    """Load state saved by :func:`optimizer_tensors`; False (and nothing loaded) when it does not fit ``params``."""
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        index, _, name = key.partition(".")
+        if not index.isdigit() or int(index) >= len(params):
+            return False
+        if value.dim() and tuple(value.shape) != tuple(params[int(index)].shape):
+            return False
+        state.setdefault(int(index), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
+    return True
+
+
+def finetune(backbone: nn.Module, head: nn.Module, data, s: FinetuneSettings, *,
+             round_index: int = 1, seed: int = 0, progress_label: str = "",
+             optimizer_state: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
     """Fine-tune ``backbone`` in place for ``s.epochs`` epochs of ``data`` with the head frozen.
 
+    ``data`` is a split (``atm_fl.data``: in memory or streamed) or a plain ``Batch``.
     Round ``round_index`` (1-based) continues the example stream where the previous
     round stopped, so fractional epochs cover the data once per ``1/epochs`` rounds.
-    Returns metrics: ``loss`` (mean over steps), ``num-examples``, ``steps``, ``seconds``.
+    ``optimizer_state`` (run-config ``client-optimizer-state = carry``): the optimiser
+    starts from it when it fits (empty: fresh) and it is replaced by the state at the end,
+    so Adam's moments carry over from round to round instead of restarting.
+    Returns metrics: ``loss`` (mean over steps), ``num-examples``, ``steps``, ``seconds``, ``lr``.
     """
     t0 = time.perf_counter()
-    n = len(data["labels"])
+    data = as_split(data)
+    n = data.num_examples
     if n == 0:
         raise ValueError(f"{progress_label or 'task'}: no training examples")
     per_round = max(1, int(round(s.epochs * n)))
     order = example_stream(n, (round_index - 1) * per_round, per_round, seed)
     params = [p for p in backbone.parameters() if p.requires_grad]
     opt = make_optimizer(params, s)
+    if optimizer_state and not load_optimizer_tensors(opt, optimizer_state, params):
+        log.warning("%s: the carried optimiser state does not fit this model; starting a fresh optimiser",
+                    progress_label)
     backbone.to(s.device).train()
     head.to(s.device).eval()
     # fp16 needs loss scaling (its exponent range is too small for small gradients); bf16 does not.
@@ -108,9 +148,12 @@ def finetune(backbone: nn.Module, head: nn.Module, data: Batch, s: FinetuneSetti
     losses = []
     steps = math.ceil(per_round / s.batch_size)
     log_every = max(1, steps // 4)
-    for step, batch in enumerate(iterate(data, s.batch_size, order), start=1):
+    for step, batch in enumerate(data.batches(s.batch_size, order), start=1):
         batch = {k: v.to(s.device, non_blocking=True) for k, v in batch.items()}
         opt.zero_grad(set_to_none=True)
+        lr = s.lr_at(round_index, step, steps)
+        for group in opt.param_groups:
+            group["lr"] = lr
         with autocast(s.device, s.precision):
             logits = head(backbone(**inputs_of(batch)))
         loss = nn.functional.cross_entropy(logits.float(), batch["labels"])
@@ -132,25 +175,29 @@ def finetune(backbone: nn.Module, head: nn.Module, data: Batch, s: FinetuneSetti
         if step % log_every == 0 or step == steps:
             log.info("%s step %d/%d loss %.4f", progress_label, step, steps, losses[-1])
     backbone.eval()
+    if optimizer_state is not None:
+        optimizer_state.clear()
+        optimizer_state.update(optimizer_tensors(opt))
     return {"loss": float(np.mean(losses)), "num-examples": float(per_round), "steps": float(len(losses)),
-            "seconds": time.perf_counter() - t0}
+            "seconds": time.perf_counter() - t0, "lr": float(lr)}
 
 
 @torch.no_grad()
-def predict(backbone: nn.Module, head: nn.Module, data: Batch, batch_size: int, device: str = "cpu",
+def predict(backbone: nn.Module, head: nn.Module, data, batch_size: int, device: str = "cpu",
             precision: str = "fp32"):
-    """(predictions, mean loss) over ``data``; ``precision`` as in :func:`autocast`."""
+    """(predictions, mean loss) over ``data`` (a split or a ``Batch``); ``precision`` as in :func:`autocast`."""
+    data = as_split(data)
     backbone.to(device).eval()
     head.to(device).eval()
     preds, loss_sum = [], 0.0
-    for batch in iterate(data, batch_size):
+    for batch in data.batches(batch_size):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with autocast(device, precision):
             logits = head(backbone(**inputs_of(batch)))
         logits = logits.float()
         loss_sum += float(nn.functional.cross_entropy(logits, batch["labels"], reduction="sum"))
         preds.append(logits.argmax(1).cpu())
-    n = len(data["labels"])
+    n = data.num_examples
     return (torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)), loss_sum / max(n, 1)
 
 
@@ -169,9 +216,11 @@ def classification_metrics(preds: torch.Tensor, labels: torch.Tensor, names=("ac
     return out
 
 
-def evaluate(backbone: nn.Module, head: nn.Module, data: Batch, batch_size: int, device: str = "cpu",
+def evaluate(backbone: nn.Module, head: nn.Module, data, batch_size: int, device: str = "cpu",
              metric_names=("accuracy",), precision: str = "fp32") -> dict[str, float]:
+    """Metrics of ``head(backbone(x))`` over ``data`` (a split or a ``Batch``), batch by batch."""
+    data = as_split(data)
     preds, loss = predict(backbone, head, data, batch_size, device, precision)
-    metrics = classification_metrics(preds, data["labels"], metric_names)
-    metrics.update({"loss": loss, "num-examples": float(len(data["labels"]))})
+    metrics = classification_metrics(preds, data.labels, metric_names)
+    metrics.update({"loss": loss, "num-examples": float(data.num_examples)})
     return metrics

@@ -11,6 +11,8 @@ The server asks each node which tasks it serves (a ``query`` message) and addres
 train/evaluate message to one task by name. A train message whose config has
 ``evaluate-split`` first scores the base it carries (the previous round's merged model)
 and returns those metrics beside the task vector (run-config ``evaluate-in-train``).
+With ``client-optimizer-state = carry`` the site keeps its optimiser's moments in its
+node state (``context.state``) from one round to the next; they never leave the site.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ from atm_fl.config import RunConfig, parse_run_config
 from atm_fl.logs import setup_logging
 from atm_fl.runtime import get_task_runtime
 from atm_fl.task_vector import Layout, record_views
+from clients.parent_watch import exit_with_parent
 
 log = logging.getLogger(__name__)
 app = ClientApp()
+exit_with_parent()  # only inside flwr-clientapp: exit when the SuperNode that started us dies
 
 
 def node_tasks(cfg: RunConfig, node_config) -> list[str]:
@@ -75,12 +79,28 @@ def train(msg: Message, context: Context) -> Message:
         except Exception as exc:  # noqa: BLE001
             log.exception("[%s r%d] evaluation of the received model failed", task, server_round)
             info["evaluation-error"] = f"{type(exc).__name__}: {exc}"
-    tv, metrics = runtime.train_round(base, server_round)
+    carried = _carried_state(context, task) if cfg.client_optimizer_state == "carry" else None
+    tv, metrics = runtime.train_round(base, server_round, optimizer_state=carried)
+    if carried is not None:
+        # Node state lives on the site for the run (the SuperNode keeps it between messages); never sent.
+        context.state[_STATE_KEY] = ArrayRecord(carried)
+        context.state[_STATE_META] = ConfigRecord({"task": task, "round": server_round})
     arrays, encoding = encode_upload(tv, Layout.of(tv, runtime.keys), cfg.upload_compression, cfg.upload_density,
                                      cfg.upload_values, upload_seed(cfg.seed, server_round, task))
     info["encoding"] = encoding
     return Message(RecordDict({"arrays": ArrayRecord(arrays), "metrics": MetricRecord(metrics),
                                "info": ConfigRecord(info), **content}), reply_to=msg)
+
+
+_STATE_KEY, _STATE_META = "client-optimizer", "client-optimizer-meta"
+
+
+def _carried_state(context: Context, task: str) -> dict:
+    """This site's optimiser state from its previous round of ``task`` ({} before the first)."""
+    meta = context.state.config_records.get(_STATE_META)
+    if meta is None or str(meta.get("task")) != task or _STATE_KEY not in context.state.array_records:
+        return {}
+    return context.state.array_records[_STATE_KEY].to_torch_state_dict()
 
 
 def _timed_evaluate(runtime, state, split: str) -> dict[str, float]:

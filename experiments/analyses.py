@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from typing import Any, Iterable
 
@@ -59,6 +60,37 @@ def _isnan(x) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
 
 
+_CELL_TAIL = re.compile(r"-k\d+-s\d+(?:-valft)?(?:-a(?P<alpha>[0-9.]+(?:e[-+]?\d+)?))?(?:-(?P<tag>.+))?$")
+
+
+def atm_method(cell_id: str, cfg: dict[str, Any]) -> str:
+    """An ATM cell's method label: ``atm-<merge>``, ``-valft``, ``+<tag>`` (the grid block's variant), ``@a<alpha>``."""
+    method = f"atm-{cfg.get('merge-method', 'mean')}" + ("-valft" if cfg.get("train-split") == "val" else "")
+    m = _CELL_TAIL.search(cell_id)
+    if m and m.group("tag"):
+        method += f"+{m.group('tag')}"
+    if m and m.group("alpha"):
+        method += f"@a{float(m.group('alpha')):g}"
+    return method
+
+
+def tuning_rows(cells: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Finished ATM cells scored on validation (``evaluate-split = val``): method, rounds, seed, final val average."""
+    out = []
+    for cid, res in cells.items():
+        cfg = res.get("config", {})
+        if res.get("status") != "finished" or res.get("kind") == "baselines" or cfg.get("evaluate-split") != "val":
+            continue
+        final = max((r for r in res["rounds"] if r.get("eval")), key=lambda r: r["round"], default=None)
+        if final is None:
+            continue
+        accs = [m["accuracy"] for m in final["eval"].values()]
+        out.append({"cell": cid, "method": atm_method(cid, cfg), "rounds": int(cfg.get("num-server-rounds", 0)),
+                    "seed": int(cfg.get("seed", 0)), "alpha": float(cfg.get("alpha", 1.0)),
+                    "val_average": float(np.mean(accs)), "curve": [r.get("average_accuracy") for r in res["rounds"]]})
+    return sorted(out, key=lambda r: (r["method"], r["rounds"], r["seed"]))
+
+
 def collect_rows(cells: dict[str, dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(final rows, ATM per-round rows) from ``{cell id: results.json content}`` of finished cells."""
     rows: list[dict[str, Any]] = []
@@ -85,7 +117,9 @@ def collect_rows(cells: dict[str, dict[str, Any]]) -> tuple[list[dict[str, Any]]
                                           "accuracy": float(acc)})
             continue
         cfg = res.get("config", {})
-        method = f"atm-{cfg.get('merge-method', 'mean')}" + ("-valft" if cfg.get("train-split") == "val" else "")
+        if cfg.get("evaluate-split", "test") != "test":
+            continue  # a tuning cell, scored on validation: read by ``tuning_rows``, never reported as test
+        method = atm_method(cid, cfg)
         k = int(cfg.get("num-server-rounds", 0))
         budget = float(cfg.get("local-epochs", 0)) * k
         seed = int(cfg.get("seed", 0))

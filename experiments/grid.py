@@ -11,7 +11,10 @@ A grid file is TOML (format documented in docs/experiments.md):
 * ``[[atm]]`` blocks: each is a Cartesian product of ``methods`` × ``budgets`` ×
   ``rounds`` × ``seeds`` run as real Flower simulations (``rounds`` may hold the
   string ``"budget"``: one epoch per round); optional ``train-split`` (``"val"`` for
-  valFT ATM), ``alpha``, ``merge-params`` (table method -> ``'name=value,...'``), ``tag``;
+  valFT ATM), ``alpha`` (a number or a list: one cell per value), ``merge-params`` (table
+  method -> ``'name=value,...'``), ``tag``, and ``[atm.run-config]``: the block's own
+  run-config keys (a server optimizer, client settings, ``evaluate-split = "val"`` for
+  tuning cells), which need a ``tag`` naming the variant in the cell ids;
 * ``[[baselines]]`` blocks: ``seeds``, ``budgets``, ``merges`` (one-shot methods, see
   ``experiments.baselines.MERGES``), ``joint`` (bool); optional ``[baselines.replay]``
   (``method``, ``budget``, ``rounds``) for the in-process ATM replay behind the
@@ -37,7 +40,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 # Run-config keys every cell sets itself (from its method, budget, rounds, seed and id).
 PER_CELL_KEYS = ("output-dir", "run-name", "seed", "merge-method", "merge-params", "num-server-rounds",
-                 "local-epochs", "alpha", "train-split", "save-model")
+                 "local-epochs", "alpha", "train-split", "save-model", "epoch-budget")
 
 
 class GridError(ValueError):
@@ -55,6 +58,7 @@ class AtmCell:
     merge_params: str = ""
     tag: str = ""
     priority: int = field(default=1, compare=False)
+    overrides: tuple[tuple[str, Any], ...] = ()  # the block's own run-config keys (named by ``tag``)
 
     kind = "atm"
 
@@ -75,6 +79,7 @@ class AtmCell:
 
     def run_config(self, base: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         rc = dict(base)
+        rc.update(dict(self.overrides))
         rc.update({"merge-method": self.method, "merge-params": self.merge_params,
                    "num-server-rounds": self.rounds, "local-epochs": float(self.local_epochs),
                    "alpha": float(self.alpha), "seed": self.seed, "train-split": self.train_split,
@@ -161,6 +166,15 @@ def load_grid(path: str | Path) -> Grid:
     for i, block in enumerate(raw.get("atm", [])):
         where = f"{path}: [[atm]] block {i + 1}"
         params = block.get("merge-params", {})
+        overrides = dict(block.get("run-config", {}))
+        bad = [k for k in overrides if k in PER_CELL_KEYS]
+        if bad:
+            raise GridError(f"{where}: run-config key(s) {bad} are set per cell by the sweep; use the block's own "
+                            "keys (methods, budgets, rounds, seeds, alpha, merge-params, train-split)")
+        if overrides and not block.get("tag"):
+            raise GridError(f"{where}: a block with its own [atm.run-config] needs a 'tag' that names the variant "
+                            "(it becomes part of the cell ids)")
+        parse_run_config({**rc, **overrides})  # refuse bad keys before any training
         for method in _list(block, "methods", where):
             plugins.resolve_merge(method, params.get(method, ""))
             for budget in _list(block, "budgets", where):
@@ -171,14 +185,15 @@ def load_grid(path: str | Path) -> Grid:
                     if k < 1:
                         raise GridError(f"{where}: rounds must be >= 1 or 'budget', got {rounds!r}")
                     for seed in _list(block, "seeds", where):
-                        cell = AtmCell(method, float(budget), k, int(seed),
-                                       train_split=block.get("train-split", "train"),
-                                       alpha=float(block.get("alpha", 1.0)),
-                                       merge_params=params.get(method, ""), tag=block.get("tag", ""),
-                                       priority=int(block.get("priority", 1)))
-                        if cell.id not in seen:
-                            seen.add(cell.id)
-                            cells.append(cell)
+                        for alpha in (_list(block, "alpha", where) if "alpha" in block else [1.0]):
+                            cell = AtmCell(method, float(budget), k, int(seed),
+                                           train_split=block.get("train-split", "train"), alpha=float(alpha),
+                                           merge_params=params.get(method, ""), tag=block.get("tag", ""),
+                                           priority=int(block.get("priority", 1)),
+                                           overrides=tuple(sorted(overrides.items())))
+                            if cell.id not in seen:
+                                seen.add(cell.id)
+                                cells.append(cell)
 
     from experiments.baselines import MERGES
 
