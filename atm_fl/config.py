@@ -123,6 +123,12 @@ KEYS: tuple[Key, ...] = (
     Key("client-lr-warmup-scope", "run",
         "'run': warm up over the site's first steps of the whole run; 'round': over every round's first steps.",
         choices=("run", "round")),
+    Key("client-moment-warmup", 0,
+        "Batches a fresh client optimiser sees at lr 0 before its first update (forward and backward, no "
+        "weight change): Adam's moments are then estimated from several batches, so its first steps are "
+        "not sign-like. With 'carry' only in a site's first round; with 'fresh' in every round. Extra "
+        "compute; no weight moves, so it is not counted in the epoch budget. 0: none.",
+        **_within(0, 10_000, integer=True)),
     Key("lr", 1e-4, "Client learning rate.", **_within(0, 10, open_lo=True)),
     Key("weight-decay", 0.0, "Client weight decay.", **_within(0, 1)),
     Key("max-grad-norm", 0.0, "Clip the gradient norm at this value; 0 disables clipping.",

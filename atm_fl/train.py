@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import contextlib
+import itertools
 import math
 import time
 from dataclasses import dataclass
@@ -32,13 +33,15 @@ class FinetuneSettings:
     precision: str = "fp32"  # "fp32" | "bf16" | "fp16"; mixed precision applies on CUDA only
     warmup_steps: int = 0  # linear lr warm-up over this many steps (0: none)
     warmup_scope: str = "run"  # "run": the client's first steps over all rounds; "round": every round's first steps
+    moment_warmup: int = 0  # batches seen at lr 0 by a fresh optimiser before its first update
 
     @classmethod
     def from_config(cls, cfg) -> "FinetuneSettings":
         return cls(epochs=cfg.local_epochs, batch_size=cfg.batch_size, optimizer=cfg.optimizer, lr=cfg.lr,
                    weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, device=resolve_device(cfg.device),
                    precision=getattr(cfg, "precision", "fp32"), warmup_steps=cfg.client_lr_warmup,
-                   warmup_scope=cfg.client_lr_warmup_scope)
+                   warmup_scope=cfg.client_lr_warmup_scope,
+                   moment_warmup=getattr(cfg, "client_moment_warmup", 0))
 
     def lr_at(self, round_index: int, step: int, steps_per_round: int) -> float:
         """The lr of ``step`` (1-based) of round ``round_index``: ``lr`` after a linear warm-up."""
@@ -138,11 +141,17 @@ def finetune(backbone: nn.Module, head: nn.Module, data, s: FinetuneSettings, *,
     order = example_stream(n, (round_index - 1) * per_round, per_round, seed)
     params = [p for p in backbone.parameters() if p.requires_grad]
     opt = make_optimizer(params, s)
+    fresh = not optimizer_state
     if optimizer_state and not load_optimizer_tensors(opt, optimizer_state, params):
         log.warning("%s: the carried optimiser state does not fit this model; starting a fresh optimiser",
                     progress_label)
+        fresh = True
     backbone.to(s.device).train()
     head.to(s.device).eval()
+    if fresh and s.moment_warmup > 0:
+        # Its own seeded draw over the whole split: a round may hold fewer batches than the warm-up.
+        _gather_moments(backbone, head, data, example_stream(n, 0, s.moment_warmup * s.batch_size, seed + 7919),
+                        opt, s)
     # fp16 needs loss scaling (its exponent range is too small for small gradients); bf16 does not.
     scaler = torch.amp.GradScaler("cuda") if s.precision == "fp16" and str(s.device).startswith("cuda") else None
     losses = []
@@ -180,6 +189,24 @@ def finetune(backbone: nn.Module, head: nn.Module, data, s: FinetuneSettings, *,
         optimizer_state.update(optimizer_tensors(opt))
     return {"loss": float(np.mean(losses)), "num-examples": float(per_round), "steps": float(len(losses)),
             "seconds": time.perf_counter() - t0, "lr": float(lr)}
+
+
+def _gather_moments(backbone: nn.Module, head: nn.Module, data, order, opt, s: FinetuneSettings) -> None:
+    """Run ``s.moment_warmup`` batches of ``order`` through ``opt`` at lr 0 (run-config
+    ``client-moment-warmup``): the moments are estimated from several batches before any weight
+    moves, so the first real update is not the sign-like step of a one-batch estimate."""
+    for batch in itertools.islice(data.batches(s.batch_size, order), s.moment_warmup):
+        batch = {k: v.to(s.device, non_blocking=True) for k, v in batch.items()}
+        opt.zero_grad(set_to_none=True)
+        for group in opt.param_groups:
+            group["lr"] = 0.0  # AdamW at lr 0: moments and step count advance, weights (and decay) do not
+        with autocast(s.device, s.precision):
+            logits = head(backbone(**inputs_of(batch)))
+        loss = nn.functional.cross_entropy(logits.float(), batch["labels"])
+        if torch.isfinite(loss):
+            loss.backward()
+            opt.step()
+    opt.zero_grad(set_to_none=True)
 
 
 @torch.no_grad()

@@ -35,10 +35,15 @@ METHOD_LABELS = {
     "breadcrumbs-tuned": "Breadcrumbs, tuned α",
     "dare-untuned": "DARE, α=1",
     "dare-tuned": "DARE, tuned α",
+    "tsv-m-tuned": "TSV-M, tuned α",
+    "iso-c-tuned": "Iso-C, tuned α",
+    "iso-cts-tuned": "Iso-CTS, tuned α",
     "atm-mean": "ATM (mean)",
     "atm-ties": "ATM (TIES)",
     "atm-breadcrumbs": "ATM (Breadcrumbs)",
     "atm-dare": "ATM (DARE)",
+    "atm-tsv-m": "ATM (TSV-M)",
+    "atm-iso-c": "ATM (Iso-C)",
     "atm-mean-valft": "valFT ATM (mean)",
 }
 

@@ -72,10 +72,16 @@ MERGES: dict[str, MergeSpec] = {
     "breadcrumbs": MergeSpec("breadcrumbs", "lower=0.85,upper=0.993", _grid(0.1, 3.0, 0.1), untuned=1.0,
                              label="Breadcrumbs (0.85, 0.993)"),
     "dare": MergeSpec("dare", "p=0.9,then=mean", _grid(0.1, 3.0, 0.1), untuned=1.0, label="DARE-mean (p 0.9)"),
+    # The SVD-based merges sit on the scale of the sum (docs/merging.md): α = 1 is their authors'
+    # merged model for a one-shot merge, so they are tuned over the sum's range and a little beyond.
+    "tsv-m": MergeSpec("tsv-m", "", _grid(0.05, 2.0, 0.05), untuned=None, label="TSV-M"),
+    "iso-c": MergeSpec("iso-c", "", _grid(0.05, 2.0, 0.05), untuned=None, label="Iso-C"),
+    "iso-cts": MergeSpec("iso-cts", "", _grid(0.05, 2.0, 0.05), untuned=None, label="Iso-CTS (common 0.8)"),
 }
 # "mean" tuned is the same family of models as "sum" tuned (mean·α = sum·α/T); the sweep
 # runs "mean" untuned only unless asked (tuned = False below).
-TUNE_BY_DEFAULT = {"sum": True, "mean": False, "ties": True, "breadcrumbs": True, "dare": True}
+TUNE_BY_DEFAULT = {"sum": True, "mean": False, "ties": True, "breadcrumbs": True, "dare": True,
+                   "tsv-m": True, "iso-c": True, "iso-cts": True}
 
 
 # --- metrics --------------------------------------------------------------------------------

@@ -83,3 +83,42 @@ def test_bad_carry_value_is_refused(value):
 
     with pytest.raises(ConfigError, match="client-optimizer-state"):
         parse_run_config({"client-optimizer-state": value})
+
+
+def first_step(tmp_path, **overrides):
+    """One Adam step (16 of 48 examples, batch 16) from the pretrained model: (|change| / lr, state)."""
+    raw = small_config(tmp_path, tasks="mnist", **{"local-epochs": 1 / 3, "lr": 0.01,
+                                                    "client-optimizer-state": "carry", **overrides})
+    rt = get_task_runtime(parse_run_config(raw), "mnist")
+    state = {}
+    tv, metrics = rt.train_round(dict(rt.pretrained), 1, optimizer_state=state)
+    assert metrics["steps"] == 1.0
+    ratio = torch.cat([v.flatten().abs() for v in tv.values()]) / 0.01
+    return ratio[ratio > 0], state
+
+
+def test_moment_warmup_gathers_moments_before_the_first_step(tmp_path):
+    plain, plain_state = first_step(tmp_path)
+    warm, warm_state = first_step(tmp_path, **{"client-moment-warmup": 3})
+    # A fresh Adam's first step is sign-like: every weight with a gradient moves by lr exactly.
+    assert plain.median() > 0.99
+    # After 3 batches at lr 0 the step is lr * m / sqrt(v): about lr at most (the two bias
+    # corrections differ slightly), much less where the batches' gradients disagree.
+    assert warm.max() < 1.1 and warm.median() < 0.9
+    steps = {float(v) for k, v in warm_state.items() if k.endswith(".step")}
+    assert steps == {4.0} and {float(v) for k, v in plain_state.items() if k.endswith(".step")} == {1.0}
+
+
+def test_moment_warmup_moves_no_weight_and_runs_once_with_carry(tmp_path):
+    raw = small_config(tmp_path, tasks="mnist", **{"local-epochs": 1.0, "client-optimizer-state": "carry",
+                                                    "client-moment-warmup": 2, "lr": 0.0})
+    with pytest.raises(Exception):
+        parse_run_config(raw)  # lr must be > 0; use a tiny lr to see that the warm-up itself moves nothing
+    raw["lr"] = 1e-30
+    rt = get_task_runtime(parse_run_config(raw), "mnist")
+    state, base = {}, dict(rt.pretrained)
+    tv, _ = rt.train_round(base, 1, optimizer_state=state)
+    assert all(float(v.abs().max()) < 1e-20 for v in tv.values())
+    assert {float(v) for k, v in state.items() if k.endswith(".step")} == {5.0}  # 2 at lr 0 + 3 steps
+    rt.train_round(base, 2, optimizer_state=state)
+    assert {float(v) for k, v in state.items() if k.endswith(".step")} == {8.0}  # no second warm-up
