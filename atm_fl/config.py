@@ -76,12 +76,12 @@ ALIASES = {"learning-rate": "lr", "rounds": "num-server-rounds", "num-rounds": "
 
 KEYS: tuple[Key, ...] = (
     # --- what is merged, and how -------------------------------------------------
-    Key("num-server-rounds", 4, "ATM rounds K. One round with the whole epoch budget is one-shot merging.",
+    Key("num-server-rounds", 16, "ATM rounds K. One round with the whole epoch budget is one-shot merging.",
         **_within(1, 10_000, integer=True)),
     Key("tasks", "mnist,optdigits,ising,cahn-hilliard",
         "Comma-separated task names, one client (SuperNode) per task. In simulation partition-id i runs task i.",
         expect="distinct task names (docs/data.md), comma-separated"),
-    Key("local-epochs", 1.0, "Epochs each task fine-tunes per round; fractions allowed (budget / rounds).",
+    Key("local-epochs", 0.25, "Epochs each task fine-tunes per round; fractions allowed (budget / rounds).",
         **_within(0, 1000, open_lo=True)),
     Key("alpha", 1.0, "Scaling of the merged vector: base <- base + alpha * merge(task vectors).",
         **_within(0, 100, open_lo=True)),
@@ -114,16 +114,16 @@ KEYS: tuple[Key, ...] = (
     Key("max-seq-length", 64, "Token limit for text families.", **_within(1, 8192, integer=True)),
     # --- local fine-tuning -----------------------------------------------------------
     Key("optimizer", "adamw", "Client optimiser (see client-optimizer-state).", choices=("adamw", "sgd")),
-    Key("client-optimizer-state", "fresh",
+    Key("client-optimizer-state", "carry",
         "'fresh': a new client optimiser every round (Adam's first steps are then sign-like and large); "
         "'carry': each site keeps its optimiser's moments from round to round in its node state (never sent). "
         "With 'carry' a resumed run restarts the sites' moments.", choices=("fresh", "carry")),
-    Key("client-lr-warmup", 0, "Linear client lr warm-up over this many optimiser steps; 0: none.",
+    Key("client-lr-warmup", 16, "Linear client lr warm-up over this many optimiser steps; 0: none.",
         **_within(0, 1_000_000, integer=True)),
     Key("client-lr-warmup-scope", "run",
         "'run': warm up over the site's first steps of the whole run; 'round': over every round's first steps.",
         choices=("run", "round")),
-    Key("client-moment-warmup", 0,
+    Key("client-moment-warmup", 8,
         "Batches a fresh client optimiser sees at lr 0 before its first update (forward and backward, no "
         "weight change): Adam's moments are then estimated from several batches, so its first steps are "
         "not sign-like. With 'carry' only in a site's first round; with 'fresh' in every round. Extra "

@@ -84,6 +84,13 @@ TUNE_BY_DEFAULT = {"sum": True, "mean": False, "ties": True, "breadcrumbs": True
                    "tsv-m": True, "iso-c": True, "iso-cts": True}
 
 
+# Fine-tuning alone and joint training are one uninterrupted run with a constant lr (what the
+# per-epoch gradient analysis and the budget snapshots assume), whatever the embedded default's
+# client settings; a grid's [run-config] may still set these keys.
+PLAIN_CLIENT = {"client-optimizer-state": "fresh", "client-moment-warmup": 0, "client-lr-warmup": 0,
+                "epoch-budget": 0.0}
+
+
 # --- metrics --------------------------------------------------------------------------------
 
 def normalized_accuracy(merged: dict[str, float], reference: dict[str, float]) -> dict[str, float]:
@@ -280,7 +287,7 @@ def run_baselines(run_config: dict[str, Any], spec: dict[str, Any], out_dir: Pat
     seed = int(spec["seed"])
     budgets = sorted(float(b) for b in spec["budgets"])
     bmax = max(budgets)
-    cfg = parse_run_config({**run_config, "seed": seed, "local-epochs": bmax})
+    cfg = parse_run_config({**PLAIN_CLIENT, **run_config, "seed": seed, "local-epochs": bmax})
     tasks = cfg.task_list
     result: dict[str, Any] = {"kind": "baselines", "status": "running", "error": "", "seed": seed, "tasks": tasks,
                               "budgets": budgets, "config": cfg.to_dict(), "spec": spec, "rows": [],
@@ -443,7 +450,7 @@ def replay_atm(run_config: dict[str, Any], seed: int, tasks: list[str], layout, 
 
     budget, rounds = float(replay.get("budget", 4)), int(replay.get("rounds", 4))
     method_name, alpha = str(replay.get("method", "mean")), float(replay.get("alpha", 1.0))
-    cfg = parse_run_config({**run_config, "seed": seed, "local-epochs": budget / rounds,
+    cfg = parse_run_config({**PLAIN_CLIENT, **run_config, "seed": seed, "local-epochs": budget / rounds,
                             "num-server-rounds": rounds, "merge-method": method_name})
     method, params = resolve_merge(method_name, str(replay.get("merge-params", "")))
     rts = {t: get_task_runtime(cfg, t) for t in tasks}

@@ -81,7 +81,7 @@ class AtmCell:
         rc = dict(base)
         rc.update(dict(self.overrides))
         rc.update({"merge-method": self.method, "merge-params": self.merge_params,
-                   "num-server-rounds": self.rounds, "local-epochs": float(self.local_epochs),
+                   "num-server-rounds": self.rounds, "local-epochs": float(self.local_epochs), "epoch-budget": 0.0,
                    "alpha": float(self.alpha), "seed": self.seed, "train-split": self.train_split,
                    "output-dir": str(out_dir), "run-name": self.id, "save-model": False})
         return rc

@@ -28,7 +28,7 @@ def test_every_key_is_kebab_case_and_documented():
 
 def test_defaults_parse():
     cfg = parse_run_config(pyproject_config())
-    assert cfg.num_server_rounds == 4 and cfg.image_size == 64 and cfg.task_list == ["mnist", "optdigits", "ising", "cahn-hilliard"]
+    assert cfg.num_server_rounds == 16 and cfg.image_size == 64 and cfg.task_list == ["mnist", "optdigits", "ising", "cahn-hilliard"]
 
 
 @pytest.mark.parametrize("raw, words", [
