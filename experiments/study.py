@@ -70,13 +70,24 @@ def round_curves(cells: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def analyse(summary: dict[str, Any]) -> dict[str, Any]:
+def load_results(sweep_dir: Path, cells: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each finished cell's results.json (``<sweep>/<cell id>/results.json``)."""
+    out = {}
+    for cid, status in cells.items():
+        path = Path(sweep_dir) / cid / "results.json"
+        if status.get("status") == "finished" and path.exists():
+            out[cid] = json.loads(path.read_text())
+    return out
+
+
+def analyse(summary: dict[str, Any], results: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """``summary``: experiments.sweep.collect's; ``results``: cell id -> results.json (default: summary["cells"])."""
     avg = averages(summary["rows"])
     joint = avg.get(("joint", 0), {})
     head = avg.get(HEADLINE, {})
     one_shot = {m: v for (m, k), v in avg.items() if m.endswith("-tuned")}
     best = max(one_shot, key=lambda m: np.mean(list(one_shot[m].values()))) if one_shot else None
-    curves = round_curves(summary["cells"])
+    curves = round_curves(results if results is not None else summary["cells"])
     variants = []
     for (m, k), by_seed in sorted(avg.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         if not m.startswith("atm"):
@@ -181,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    st = analyse(collect(Path(args.sweep_dir)))
+    summary = collect(Path(args.sweep_dir))
+    st = analyse(summary, load_results(Path(args.sweep_dir), summary["cells"]))
     command = f"python -m experiments.study {args.sweep_dir} --out {args.out}"
     (out / "study.json").write_text(json.dumps(st, indent=1, default=str))
     (out / "study.md").write_text(markdown(st, command))

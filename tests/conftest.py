@@ -14,14 +14,17 @@ def identity():
         yield
 
 
+# The tests' own client settings: one epoch per round and a fresh optimiser, so that what they
+# pin (determinism, resume, Theorem 3.1, example counts) does not move with the embedded default.
+PLAIN_CLIENT = {"local-epochs": 1.0, "client-optimizer-state": "fresh", "client-moment-warmup": 0,
+                "client-lr-warmup": 0}
+
+
 def small_config(tmp_path, **overrides):
     """A run-config for fast in-process runs on real data with the tiny test backbone."""
     raw = {"model-family": "tiny-mlp", "tasks": "mnist,optdigits,ising", "num-server-rounds": 2,
            "max-train-examples": 48, "max-eval-examples": 64, "batch-size": 16, "lr": 0.01,
            "output-dir": str(tmp_path), "run-name": "run", "discovery-timeout": 5.0,
-           # The tests' own client settings: one epoch per round and a fresh optimiser, so that
-           # what they pin (determinism, resume, Theorem 3.1) does not move with the embedded default.
-           "local-epochs": 1.0, "client-optimizer-state": "fresh", "client-moment-warmup": 0,
-           "client-lr-warmup": 0}
+           **PLAIN_CLIENT}
     raw.update(overrides)
     return raw

@@ -17,6 +17,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from atm_fl.config import ConfigError, parse_run_config
+from tests.conftest import PLAIN_CLIENT
 from atm_fl.models import get_family
 from strategies.server_app import run_atm
 from atm_fl.task_vector import mergeable_keys
@@ -30,7 +31,7 @@ TINY_CLIP = {
     "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
 }
 CAPS = {"num-server-rounds": 1, "max-train-examples": 32, "max-eval-examples": 32, "batch-size": 16, "lr": 1e-3,
-        "run-name": "run", "discovery-timeout": 5.0}
+        "run-name": "run", "discovery-timeout": 5.0, **PLAIN_CLIENT}
 
 
 @pytest.fixture(scope="module")
