@@ -17,12 +17,12 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from atm_fl.config import ConfigError, parse_run_config
-from tests.conftest import PLAIN_CLIENT
 from atm_fl.models import get_family
 from strategies.server_app import run_atm
 from atm_fl.task_vector import mergeable_keys
 from atm_fl.tasks import TaskSplits, get_task, load_task
 from clients.task_client import app as client_app
+from tests.conftest import PLAIN_CLIENT
 from tests.inprocess import InProcessGrid
 
 TINY_CLIP = {

@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import PLAIN_CLIENT
 import torch
 
 from atm_fl import plugins
@@ -103,7 +105,7 @@ def test_installed_plugin_is_found_checked_and_run_by_flwr_run(tmp_path, install
     out = tmp_path / "runs"
     common = {"model-family": "tiny-mlp", "tasks": "mnist,optdigits", "num-server-rounds": 2,
               "max-train-examples": 32, "max-eval-examples": 32, "batch-size": 16, "lr": 0.01,
-              "output-dir": str(out)}
+              "output-dir": str(out), **PLAIN_CLIENT}
     inline = " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in common.items())
     proc = atm_fl_run(flwr_env, f"{inline} merge-method='scaled-mean' merge-params='scale=0.5' alpha=1.0 "
                                 "run-name='plugin'")
