@@ -35,7 +35,8 @@ HEADLINE = ("atm-mean", 4)
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
-    return (float(np.mean(xs)), float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0) if xs else (math.nan, math.nan)
+    """(mean, sample std); the std is NaN for one value (no spread to report)."""
+    return (float(np.mean(xs)), float(np.std(xs, ddof=1)) if len(xs) > 1 else math.nan) if xs else (math.nan, math.nan)
 
 
 def _verdict(diff_points: float) -> str:
@@ -123,7 +124,9 @@ def analyse(summary: dict[str, Any], results: dict[str, dict[str, Any]] | None =
 
 
 def _pct(ms) -> str:
-    return "–" if ms is None or math.isnan(ms[0]) else f"{100 * ms[0]:.1f} ± {100 * ms[1]:.1f}"
+    if ms is None or math.isnan(ms[0]):
+        return "–"
+    return f"{100 * ms[0]:.1f}" if math.isnan(ms[1]) else f"{100 * ms[0]:.1f} ± {100 * ms[1]:.1f}"
 
 
 def markdown(st: dict[str, Any], command: str) -> str:
@@ -142,8 +145,13 @@ def markdown(st: dict[str, Any], command: str) -> str:
              "(W/T/L) | dip per seed (points) | MB per round | MB per run |",
              "|---|---:|---|---|---|---|---|---|---:|---:|"]
     for v in st["variants"]:
-        gap = (f"{100 * v['gap_closed'][0]:.0f} ± {100 * v['gap_closed'][1]:.0f}% "
-               f"(of means {100 * v['gap_closed_of_means']:.0f}%)") if "gap_closed" in v else "–"
+        if "gap_closed" not in v:
+            gap = "–"
+        elif math.isnan(v["gap_closed"][1]):
+            gap = f"{100 * v['gap_closed'][0]:.0f}%"
+        else:
+            gap = (f"{100 * v['gap_closed'][0]:.0f} ± {100 * v['gap_closed'][1]:.0f}% "
+                   f"(of means {100 * v['gap_closed_of_means']:.0f}%)")
         wtl = lambda d: f"{d['win']}/{d['tie']}/{d['loss']} ({100 * d['diff'][0]:+.1f})" if d and d["seeds"] else "–"
         dip = ", ".join(f"{100 * x:+.1f}" for _, x in sorted(v.get("dip", {}).items())) or "–"
         mb = lambda x: f"{x / 2 ** 20:.1f}" if x else "–"
@@ -182,6 +190,17 @@ def plot_curves(st: dict[str, Any], path: Path) -> bool:
     return True
 
 
+def _strict(x: Any) -> Any:
+    """NaN (no spread for one seed) as null, so study.json is strict JSON."""
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _strict(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_strict(v) for v in x]
+    return x
+
+
 def main(argv: list[str] | None = None) -> int:
     from experiments.sweep import collect
 
@@ -195,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = collect(Path(args.sweep_dir))
     st = analyse(summary, load_results(Path(args.sweep_dir), summary["cells"]))
     command = f"python -m experiments.study {args.sweep_dir} --out {args.out}"
-    (out / "study.json").write_text(json.dumps(st, indent=1, default=str))
+    (out / "study.json").write_text(json.dumps(_strict(st), indent=1, default=str, allow_nan=False))
     (out / "study.md").write_text(markdown(st, command))
     plot_curves(st, out / "curves.png")
     return 0
