@@ -60,13 +60,16 @@ RUN_CONFIG = ("model-family='tiny-mlp' tasks='mnist,optdigits' num-server-rounds
 
 def test_atm_round_over_tls_with_authenticated_sites(deployment):
     out = deployment.tmp / "runs"
-    proc = deployment.atm_fl_run(RUN_CONFIG + f"output-dir='{out}' run-name='deployed'")
+    # An SVD-based merge plugin (issue 13: they work in deployment too); the merge runs on the
+    # server, so which one it is changes nothing else here.
+    proc = deployment.atm_fl_run(RUN_CONFIG + f"merge-method='tsv-m' output-dir='{out}' run-name='deployed'")
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-5000:]
     res = json.loads((out / "deployed" / "results.json").read_text())
     assert res["status"] == "finished" and [r["round"] for r in res["rounds"]] == [0, 1]
     assert all(set(r["eval"]) == set(SITES) for r in res["rounds"])
     assert set(res["rounds"][1]["train"]) == set(SITES) and res["faults"]["failed"] == 0
+    assert res["merge"]["method"] == "tsv-m"
     assert (out / "deployed" / "model.safetensors").stat().st_size > 0
     assert (out / "deployed" / "checkpoint" / "round-0001.safetensors").exists()
     # Each task ran on the node registered for that site's key, and only there.
