@@ -18,6 +18,8 @@ def identity():
 # pin (determinism, resume, Theorem 3.1, example counts) does not move with the embedded default.
 PLAIN_CLIENT = {"local-epochs": 1.0, "client-optimizer-state": "fresh", "client-moment-warmup": 0,
                 "client-lr-warmup": 0}
+# The same as inline run-config text for `atm-fl run --run-config` (ends with a space).
+PLAIN_CLIENT_INLINE = "local-epochs=1.0 client-optimizer-state='fresh' client-moment-warmup=0 client-lr-warmup=0 "
 
 
 def small_config(tmp_path, **overrides):

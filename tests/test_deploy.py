@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from experiments.local_flower import INTRUDER, local_deployment
+from tests.conftest import PLAIN_CLIENT_INLINE
 
 SITES = ("mnist", "optdigits")
 pytestmark = pytest.mark.e2e
@@ -55,7 +56,8 @@ def deployment(tmp_path_factory):
 
 
 RUN_CONFIG = ("model-family='tiny-mlp' tasks='mnist,optdigits' num-server-rounds=1 image-size=32 max-train-examples=32 "
-              "max-eval-examples=32 batch-size=16 lr=0.01 discovery-timeout=60.0 round-timeout=300.0 ")
+              "max-eval-examples=32 batch-size=16 lr=0.01 discovery-timeout=60.0 round-timeout=300.0 "
+              + PLAIN_CLIENT_INLINE)
 
 
 def test_atm_round_over_tls_with_authenticated_sites(deployment):

@@ -30,12 +30,14 @@ import time
 import pytest
 
 from experiments.local_flower import alive, descendants, is_command, local_deployment
+from tests.conftest import PLAIN_CLIENT_INLINE
 
 SITES = ("mnist", "optdigits")
 pytestmark = pytest.mark.e2e
 
 RUN_CONFIG = ("model-family='tiny-mlp' tasks='mnist,optdigits' image-size=32 max-train-examples=64 "
-              "max-eval-examples=32 batch-size=16 lr=0.01 discovery-timeout=60.0 round-timeout=600.0 ")
+              "max-eval-examples=32 batch-size=16 lr=0.01 discovery-timeout=60.0 round-timeout=600.0 "
+              + PLAIN_CLIENT_INLINE)
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ import pytest
 
 from atm_fl.cli import run_status, superlink_pids
 from experiments.local_flower import FlowerEnv, alive, descendants, is_command
+from tests.conftest import PLAIN_CLIENT_INLINE
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e
@@ -41,7 +42,7 @@ def flower(tmp_path, monkeypatch):
 def test_ctrl_c_stops_a_simulation_run_and_keeps_its_rounds(tmp_path, flower):
     out, log = tmp_path / "runs", tmp_path / "run.log"
     config = (f"model-family='tiny-mlp' tasks='mnist,optdigits' num-server-rounds={ROUNDS} max-train-examples=32 "
-              f"max-eval-examples=32 output-dir='{out}' run-name='sim'")
+              f"max-eval-examples=32 output-dir='{out}' run-name='sim' " + PLAIN_CLIENT_INLINE)
     with open(log, "wb") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "atm_fl.cli", "run", str(ROOT), "--run-config", config],
                                 env=flower.env, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
