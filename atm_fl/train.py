@@ -163,9 +163,7 @@ def finetune(backbone: nn.Module, head: nn.Module, data, s: FinetuneSettings, *,
         lr = s.lr_at(round_index, step, steps)
         for group in opt.param_groups:
             group["lr"] = lr
-        with autocast(s.device, s.precision):
-            logits = head(backbone(**inputs_of(batch)))
-        loss = nn.functional.cross_entropy(logits.float(), batch["labels"])
+        loss = _batch_loss(backbone, head, batch, s)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{progress_label}: loss became {float(loss)} at step {step}; lower 'lr'")
         if scaler is not None:
@@ -191,6 +189,13 @@ def finetune(backbone: nn.Module, head: nn.Module, data, s: FinetuneSettings, *,
             "seconds": time.perf_counter() - t0, "lr": float(lr)}
 
 
+def _batch_loss(backbone: nn.Module, head: nn.Module, batch, s: FinetuneSettings) -> torch.Tensor:
+    """Cross-entropy of one batch through the backbone and the frozen head (the fine-tuning loss)."""
+    with autocast(s.device, s.precision):
+        logits = head(backbone(**inputs_of(batch)))
+    return nn.functional.cross_entropy(logits.float(), batch["labels"])
+
+
 def _gather_moments(backbone: nn.Module, head: nn.Module, data, order, opt, s: FinetuneSettings) -> None:
     """Run ``s.moment_warmup`` batches of ``order`` through ``opt`` at lr 0 (run-config
     ``client-moment-warmup``): the moments are estimated from several batches before any weight
@@ -200,9 +205,7 @@ def _gather_moments(backbone: nn.Module, head: nn.Module, data, order, opt, s: F
         opt.zero_grad(set_to_none=True)
         for group in opt.param_groups:
             group["lr"] = 0.0  # AdamW at lr 0: moments and step count advance, weights (and decay) do not
-        with autocast(s.device, s.precision):
-            logits = head(backbone(**inputs_of(batch)))
-        loss = nn.functional.cross_entropy(logits.float(), batch["labels"])
+        loss = _batch_loss(backbone, head, batch, s)
         if torch.isfinite(loss):
             loss.backward()
             opt.step()
