@@ -16,6 +16,7 @@ and are held in memory or streamed per batch by ``atm_fl.data.make_split``'s rul
 
 from __future__ import annotations
 
+import copy
 import functools
 import gc
 import logging
@@ -29,7 +30,7 @@ import torch
 from atm_fl.config import RunConfig
 from atm_fl.data import make_split
 from atm_fl.models import get_family
-from atm_fl.models.base import label_tensor, subset_indices
+from atm_fl.models.base import PrototypeHead, extract_features, label_tensor, subset_indices
 from atm_fl.seeds import derive_seed
 from atm_fl.task_vector import mergeable_keys, task_vector
 from atm_fl.tasks import get_task, load_task
@@ -43,7 +44,7 @@ _HEAD_KEYS = ("model-family", "model-name", "model-pretrained", "image-size", "m
               "max-train-examples", "max-head-examples", "train-split", "seed", "device")
 # Keys that shape the runtime's data or model; everything else may change between runs
 # that share a process (sweeps) without rebuilding.
-_CACHE_KEYS = _HEAD_KEYS + ("max-eval-examples", "data-in-memory-mb", "data-workers")
+_CACHE_KEYS = _HEAD_KEYS + ("max-eval-examples", "data-in-memory-mb", "data-workers", "head-center")
 # Seed salts of the subsets, so each split's subset is drawn independently.
 _SALT = {"train": 1, "val": 2, "test": 3, "head": 4}
 HEAD_CACHE_SIZE = 32
@@ -101,6 +102,9 @@ class TaskRuntime:
         self.backbone = self.family.build_backbone()
         self.keys = mergeable_keys(self.backbone)
         self.head = self._head()
+        if self.recenters:
+            # The cached head is shared with other runtimes of the process: re-centre a copy.
+            self.head = copy.deepcopy(self.head)
         _LIVE.add(self)
         log.info("task %s ready in %.1fs", task_name, time.perf_counter() - t0)
 
@@ -156,6 +160,26 @@ class TaskRuntime:
             return self._make(rows.select(idx), "head examples")
         return self.train
 
+    @property
+    def recenters(self) -> bool:
+        """Whether this task's head re-estimates its center from the current backbone (``head-center = site``)."""
+        return self.cfg.values.get("head-center", "pretrained") == "site" and isinstance(self.head, PrototypeHead)
+
+    def recenter(self, backbone: torch.nn.Module | None = None) -> None:
+        """Re-estimate the prototype head's center on the head examples with the loaded backbone.
+
+        A frozen center drifts away from the features' mean as the backbone moves, which biases
+        every example towards the same class (docs/merging.md, "The head's center"); the
+        prototypes themselves stay as built. A no-op unless ``head-center = site``.
+        ``backbone``: read the features from another backbone (joint training shares one).
+        """
+        if not self.recenters:
+            return
+        with torch.no_grad():
+            feats = extract_features(backbone or self.backbone, self._head_data(), self.cfg.batch_size * 2,
+                                     self.settings.device)
+        self.head.center.copy_(feats.mean(0).to(self.head.center.device))
+
     @functools.cached_property
     def pretrained(self) -> dict[str, torch.Tensor]:
         """The pretrained backbone's state (rebuilt on first use: no resident copy during normal rounds)."""
@@ -175,6 +199,7 @@ class TaskRuntime:
         # load_state_dict copies into the backbone's own parameters, so ``base`` stays
         # the round's starting point without another copy.
         self.load(base)
+        self.recenter()
         # Whatever draws from torch's global RNG during fine-tuning (dropout, stochastic
         # depth) starts from (seed, task, global round): a round gives the same update in
         # any process, after any history, and after a resume.
@@ -188,6 +213,7 @@ class TaskRuntime:
 
     def evaluate(self, state: dict[str, torch.Tensor], split: str = "test") -> dict[str, float]:
         self.load(state)
+        self.recenter()
         return evaluate(self.backbone, self.head, self.split_data(split), self.cfg.batch_size * 2,
                         self.settings.device, self.metric_names, precision=self.settings.precision)
 

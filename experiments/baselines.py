@@ -247,10 +247,23 @@ def joint_finetune(runtimes: dict, settings, epochs: float, seed: int, snapshot_
     backbone.to(settings.device).train()
     for t in tasks:
         runtimes[t].head.to(settings.device).eval()
+    # head-center = site: every head's center is re-estimated on the shared backbone at the
+    # start and after every quarter epoch (the embedded default's round length).
+    recenter_at = [q / (4 * epochs) for q in range(int(4 * epochs) + 1)]
+
+    def recenter_due(pos: float) -> None:
+        if recenter_at and pos >= recenter_at[0] - 1e-12:
+            while recenter_at and pos >= recenter_at[0] - 1e-12:
+                recenter_at.pop(0)
+            for t in tasks:
+                runtimes[t].recenter(backbone)
+            backbone.train()
+
     pending = sorted(float(e) for e in snapshot_epochs)
     snaps: dict[float, torch.Tensor] = {}
     t0 = time.perf_counter()
     for i, (pos, t, idx, _) in enumerate(schedule, start=1):
+        recenter_due(pos)
         data = runtimes[t].train
         batch = {k: v[idx].to(settings.device) for k, v in data.items()}
         opt.zero_grad(set_to_none=True)

@@ -1,0 +1,71 @@
+"""head-center: a prototype head's center, frozen at the pretrained features' mean or re-estimated.
+
+Why it matters (docs/merging.md, "The head's center"): the head scores cos(features - center,
+prototype). When the backbone moves, the features' mean moves away from a frozen center, and
+that common offset pulls every example towards the same class.
+"""
+
+import torch
+
+from atm_fl.config import parse_run_config
+from atm_fl.models.base import PrototypeHead, extract_features
+from atm_fl.runtime import get_task_runtime, release_runtimes
+from tests.conftest import small_config
+
+
+def _perturbed(rt, scale=0.2):
+    gen = torch.Generator().manual_seed(0)
+    return {k: (v + scale * v.abs().mean() * torch.randn(v.shape, generator=gen)) if v.is_floating_point() else v
+            for k, v in rt.pretrained.items()}
+
+
+def _features_mean(rt, state):
+    rt.load(state)
+    with torch.no_grad():
+        return extract_features(rt.backbone, rt._head_data(), 32).mean(0)
+
+
+def test_a_common_feature_shift_is_cancelled_only_by_recentring():
+    gen = torch.Generator().manual_seed(1)
+    feats = torch.randn(60, 16, generator=gen)
+    labels = torch.arange(60) % 3
+    center = feats.mean(0)
+    protos = torch.stack([torch.nn.functional.normalize(feats[labels == c] - center, dim=-1).mean(0)
+                          for c in range(3)])
+    head = PrototypeHead(protos, center)
+    shifted = feats + 20.0 * torch.nn.functional.normalize(protos[0], dim=0)  # every feature moved the same way
+    frozen = head(shifted).argmax(1)
+    assert (frozen == 0).float().mean() > 0.9  # a frozen center sends nearly everything to class 0
+    head.center.copy_(shifted.mean(0))
+    torch.testing.assert_close(head(shifted), PrototypeHead(protos, center)(feats))
+
+
+def test_site_center_is_the_current_features_mean(tmp_path):
+    release_runtimes()
+    rt = get_task_runtime(parse_run_config(small_config(tmp_path, tasks="mnist", **{"head-center": "site"})), "mnist")
+    pretrained_center = rt.head.center.clone()
+    moved = _perturbed(rt)
+    rt.evaluate(moved, "test")
+    expected = _features_mean(rt, moved)
+    torch.testing.assert_close(rt.head.center, expected)
+    assert (expected - pretrained_center).norm() > 1e-3 * pretrained_center.norm()
+    # Fine-tuning from a base re-centres on that base first.
+    rt.train_round(dict(rt.pretrained), 1)
+    torch.testing.assert_close(rt.head.center, pretrained_center, rtol=1e-5, atol=1e-6)
+
+
+def test_pretrained_center_stays_frozen_and_the_cached_head_is_never_touched(tmp_path):
+    release_runtimes()
+    frozen_rt = get_task_runtime(parse_run_config(small_config(tmp_path, tasks="mnist")), "mnist")
+    frozen_center = frozen_rt.head.center.clone()
+    frozen_head = frozen_rt.head
+    frozen_rt.evaluate(_perturbed(frozen_rt), "test")
+    torch.testing.assert_close(frozen_rt.head.center, frozen_center, rtol=0, atol=0)
+
+    site_rt = get_task_runtime(parse_run_config(small_config(tmp_path, tasks="mnist", **{"head-center": "site"})),
+                               "mnist")
+    assert site_rt.head is not frozen_head
+    site_rt.evaluate(_perturbed(site_rt), "test")
+    assert (site_rt.head.center - frozen_center).norm() > 0
+    torch.testing.assert_close(frozen_head.center, frozen_center, rtol=0, atol=0)
+    release_runtimes()
