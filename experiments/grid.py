@@ -206,12 +206,14 @@ def load_grid(path: str | Path) -> Grid:
             raise GridError(f"{where}: unknown merges {bad}; choose from {sorted(MERGES)}")
         for seed in _list(block, "seeds", where):
             d = per_seed.setdefault(int(seed), {"budgets": set(), "merges": {}, "joint": False, "replay": None,
-                                                "alpha-search": "coarse-fine", "alpha-grid": {}, "priority": 0,
+                                                "alpha-search": "coarse-fine", "alpha-grid": {}, "priority": None,
                                                 "tune-examples": 0, "reuse": None})
             d["tune-examples"] = int(block.get("tune-examples", d["tune-examples"]))
             if "reuse-alpha-from-seed" in block and int(block["reuse-alpha-from-seed"]) != int(seed):
                 d["reuse"] = int(block["reuse-alpha-from-seed"])
-            d["priority"] = min(d["priority"], int(block.get("priority", 0)))
+            # A seed named by several blocks runs at the most urgent of their priorities.
+            p = int(block.get("priority", 0))
+            d["priority"] = p if d["priority"] is None else min(d["priority"], p)
             for b in _list(block, "budgets", where):
                 d["budgets"].add(float(b))
                 d["merges"][float(b)] = tuple(dict.fromkeys(d["merges"].get(float(b), ()) + merges))

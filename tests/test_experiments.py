@@ -194,3 +194,15 @@ def test_multi_epoch_fine_tuning_walks_the_whole_example_stream():
     assert sorted(torch.cat([b["x"] for b in batches]).tolist()) == sorted(list(range(10)) * 4)
     half = list(iterate(data, 4, example_stream(10, 0, 5, seed=0)))  # half an epoch: no empty batches
     assert [len(b["labels"]) for b in half] == [4, 1]
+
+
+def test_baseline_seeds_take_their_blocks_priority(tmp_path):
+    grid_file = tmp_path / "g.toml"
+    grid_file.write_text('name = "g"\n'
+                         '[[baselines]]\nseeds = [0]\nbudgets = [1]\nmerges = ["sum"]\n'
+                         '[[baselines]]\nseeds = [1]\nbudgets = [1]\nmerges = ["sum"]\npriority = 2\n'
+                         '[[baselines]]\nseeds = [2]\nbudgets = [1]\nmerges = ["sum"]\npriority = 3\n'
+                         '[[baselines]]\nseeds = [2]\nbudgets = [1]\nmerges = ["mean"]\npriority = 1\n'
+                         '[[atm]]\nmethods = ["mean"]\nbudgets = [1]\nrounds = [1]\nseeds = [0]\npriority = 1\n')
+    cells = load_grid(grid_file).cells
+    assert [c.id for c in cells] == ["baselines-s0", "atm-mean-b1-k1-s0", "baselines-s2", "baselines-s1"]
