@@ -81,11 +81,16 @@ def load_results(sweep_dir: Path, cells: dict[str, Any]) -> dict[str, dict[str, 
     return out
 
 
-def analyse(summary: dict[str, Any], results: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """``summary``: experiments.sweep.collect's; ``results``: cell id -> results.json (default: summary["cells"])."""
+def analyse(summary: dict[str, Any], results: dict[str, dict[str, Any]] | None = None,
+            headline: dict[int, float] | None = None) -> dict[str, Any]:
+    """``summary``: experiments.sweep.collect's; ``results``: cell id -> results.json (default: summary["cells"]).
+
+    ``headline``: {seed: accuracy} of today's ATM from another sweep (``--headline-from``);
+    default: this sweep's ``atm-mean`` k = 4 cells.
+    """
     avg = averages(summary["rows"])
     joint = avg.get(("joint", 0), {})
-    head = avg.get(HEADLINE, {})
+    head = headline if headline is not None else avg.get(HEADLINE, {})
     one_shot = {m: v for (m, k), v in avg.items() if m.endswith("-tuned")}
     best = max(one_shot, key=lambda m: np.mean(list(one_shot[m].values()))) if one_shot else None
     curves = round_curves(results if results is not None else summary["cells"])
@@ -117,7 +122,8 @@ def analyse(summary: dict[str, Any], results: dict[str, dict[str, Any]] | None =
             v["bytes_per_run"] = float(np.mean([c["bytes"] for c in mine]))
             v["bytes_per_round"] = v["bytes_per_run"] / k
         variants.append(v)
-    return {"tie_points": TIE_POINTS, "headline": list(HEADLINE), "best_one_shot": best,
+    return {"tie_points": TIE_POINTS, "headline": list(HEADLINE), "headline_per_seed": head,
+            "grid": summary.get("grid", {}).get("source", ""), "best_one_shot": best,
             "joint": {"per_seed": joint, "accuracy": _mean_std(list(joint.values()))},
             "one_shot": {m: {"per_seed": v, "accuracy": _mean_std(list(v.values()))} for m, v in one_shot.items()},
             "variants": variants, "curves": curves}
@@ -132,7 +138,9 @@ def _pct(ms) -> str:
 def markdown(st: dict[str, Any], command: str) -> str:
     best = st["best_one_shot"]
     lines = ["# ATM against joint training: the study", "",
-             f"Produced by `{command}` from the sweep of `experiments/grids/image-atm-study.toml`.",
+             f"Produced by `{command}` from the sweep of `{st.get('grid') or 'a grid'}`.",
+             f"Today's ATM (mean, k = 4), the gap's lower end: {_pct(_mean_std(list(st['headline_per_seed'].values())))}"
+             f" (seeds {', '.join(map(str, sorted(st['headline_per_seed'])))}).",
              f"Accuracy: average test accuracy over the tasks, %, mean ± std over seeds. A tie is a "
              f"difference under {st['tie_points']:g} point. Gap closed: (variant − ATM mean k = 4) / "
              "(joint − ATM mean k = 4), per seed, then mean ± std (and of the means). Dip: the lowest "
@@ -208,12 +216,17 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sweep_dir")
     p.add_argument("--out", required=True)
+    p.add_argument("--headline-from", default=None, metavar="SWEEP_DIR",
+                   help="take today's ATM (atm-mean, k = 4) per seed from this other sweep, e.g. the "
+                        "frozen-center study when this sweep changes the heads (default: this sweep's own)")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = collect(Path(args.sweep_dir))
-    st = analyse(summary, load_results(Path(args.sweep_dir), summary["cells"]))
-    command = f"python -m experiments.study {args.sweep_dir} --out {args.out}"
+    headline = averages(collect(Path(args.headline_from))["rows"]).get(HEADLINE, {}) if args.headline_from else None
+    st = analyse(summary, load_results(Path(args.sweep_dir), summary["cells"]), headline)
+    command = f"python -m experiments.study {args.sweep_dir} --out {args.out}" + \
+        (f" --headline-from {args.headline_from}" if args.headline_from else "")
     (out / "study.json").write_text(json.dumps(_strict(st), indent=1, default=str, allow_nan=False))
     (out / "study.md").write_text(markdown(st, command))
     plot_curves(st, out / "curves.png")
