@@ -129,12 +129,16 @@ KEYS: tuple[Key, ...] = (
         "not sign-like. With 'carry' only in a site's first round; with 'fresh' in every round. Extra "
         "compute; no weight moves, so it is not counted in the epoch budget. 0: none.",
         **_within(0, 10_000, integer=True)),
-    Key("head-center", "pretrained",
+    Key("head-center", "site",
         "Where a prototype head's centering vector comes from. 'pretrained': the mean of the pretrained "
         "features on the site's head examples, frozen. 'site': the same mean re-estimated from the current "
         "backbone at the start of every round and before every evaluation (a forward pass over the head "
         "examples; never sent). The class prototypes stay frozen either way; open-clip's zero-shot heads "
         "have no center. Why: docs/merging.md, 'The head's center'.", choices=("pretrained", "site")),
+    Key("head-center-examples", 128,
+        "With head-center = 'site': how many of the site's head examples (a seeded, class-balanced subset, the "
+        "same every round) the center is re-estimated on; 0 = all of them. Each round costs one forward pass "
+        "over them.", **_within(0, 10**9, integer=True)),
     Key("lr", 1e-4, "Client learning rate.", **_within(0, 10, open_lo=True)),
     Key("weight-decay", 0.0, "Client weight decay.", **_within(0, 1)),
     Key("max-grad-norm", 0.0, "Clip the gradient norm at this value; 0 disables clipping.",

@@ -44,9 +44,10 @@ _HEAD_KEYS = ("model-family", "model-name", "model-pretrained", "image-size", "m
               "max-train-examples", "max-head-examples", "train-split", "seed", "device")
 # Keys that shape the runtime's data or model; everything else may change between runs
 # that share a process (sweeps) without rebuilding.
-_CACHE_KEYS = _HEAD_KEYS + ("max-eval-examples", "data-in-memory-mb", "data-workers", "head-center")
+_CACHE_KEYS = _HEAD_KEYS + ("max-eval-examples", "data-in-memory-mb", "data-workers", "head-center",
+                             "head-center-examples")
 # Seed salts of the subsets, so each split's subset is drawn independently.
-_SALT = {"train": 1, "val": 2, "test": 3, "head": 4}
+_SALT = {"train": 1, "val": 2, "test": 3, "head": 4, "center": 5}
 HEAD_CACHE_SIZE = 32
 SPLITS_CACHE_SIZE = 8
 
@@ -99,6 +100,8 @@ class TaskRuntime:
             # kernels stay non-deterministic; warn_only keeps such runs going.
             torch.use_deterministic_algorithms(True, warn_only=True)
         self._data: dict[str, object] = {}
+        self._centered_on: dict | None = None  # the state the head's center was last estimated on
+        self._center_split = None  # head-center = site: the examples the center is estimated on
         self.backbone = self.family.build_backbone()
         self.keys = mergeable_keys(self.backbone)
         self.head = self._head()
@@ -126,7 +129,7 @@ class TaskRuntime:
     def split_data(self, which: str):
         """Split ``which`` ('train', 'val' or 'test'), built on first use."""
         if which not in self._data:
-            if which not in _SALT or which == "head":
+            if which not in _SALT or which in ("head", "center"):
                 raise ValueError(f"unknown split {which!r}; use 'train', 'val' or 'test'")
             self._data[which] = self._make(self._rows(which), which)
         return self._data[which]
@@ -160,10 +163,41 @@ class TaskRuntime:
             return self._make(rows.select(idx), "head examples")
         return self.train
 
+    def _center_data(self):
+        """The examples a re-estimated head center is the features' mean of (``head-center-examples``).
+
+        A seeded, class-balanced subset of the head examples, the same every round; all of them
+        when the cap is 0 or not below their number.
+        """
+        if self._center_split is None:
+            cap = int(self.cfg.values.get("head-center-examples", 0))
+            rows = self._rows("train")
+            if 0 < self.cfg.max_head_examples < len(rows):
+                rows = rows.select(balanced_subset(label_tensor(rows).numpy(), self.cfg.max_head_examples,
+                                                   seed=self.cfg.seed * 1000 + _SALT["head"]))
+            if 0 < cap < len(rows):
+                idx = balanced_subset(label_tensor(rows).numpy(), cap, seed=self.cfg.seed * 1000 + _SALT["center"])
+                self._center_split = self._make(rows.select(idx), "head-center examples")
+            else:
+                self._center_split = self._head_data()
+        return self._center_split
+
     @property
     def recenters(self) -> bool:
         """Whether this task's head re-estimates its center from the current backbone (``head-center = site``)."""
         return self.cfg.values.get("head-center", "pretrained") == "site" and isinstance(self.head, PrototypeHead)
+
+    def _recenter_on(self, state: dict[str, torch.Tensor]) -> None:
+        """Re-centre for ``state`` (just loaded), unless the center was last estimated on this very object.
+
+        A client that scores the received base before fine-tuning it (evaluate-in-train) passes
+        the same object twice; the second estimate would repeat the first. The reference is
+        dropped after fine-tuning, so no broadcast model outlives its round here.
+        """
+        if self._centered_on is state:
+            return
+        self.recenter()
+        self._centered_on = state if self.recenters else None
 
     def recenter(self, backbone: torch.nn.Module | None = None) -> None:
         """Re-estimate the prototype head's center on the head examples with the loaded backbone.
@@ -173,10 +207,11 @@ class TaskRuntime:
         prototypes themselves stay as built. A no-op unless ``head-center = site``.
         ``backbone``: read the features from another backbone (joint training shares one).
         """
+        self._centered_on = None
         if not self.recenters:
             return
         with torch.no_grad():
-            feats = extract_features(backbone or self.backbone, self._head_data(), self.cfg.batch_size * 2,
+            feats = extract_features(backbone or self.backbone, self._center_data(), self.cfg.batch_size * 2,
                                      self.settings.device)
         self.head.center.copy_(feats.mean(0).to(self.head.center.device))
 
@@ -199,7 +234,7 @@ class TaskRuntime:
         # load_state_dict copies into the backbone's own parameters, so ``base`` stays
         # the round's starting point without another copy.
         self.load(base)
-        self.recenter()
+        self._recenter_on(base)
         # Whatever draws from torch's global RNG during fine-tuning (dropout, stochastic
         # depth) starts from (seed, task, global round): a round gives the same update in
         # any process, after any history, and after a resume.
@@ -209,11 +244,12 @@ class TaskRuntime:
                            optimizer_state=optimizer_state)
         tv = task_vector({k: v.cpu() for k, v in self.backbone.state_dict().items()}, base, self.keys)
         metrics["update-norm"] = float(torch.sqrt(sum((t.double() ** 2).sum() for t in tv.values())))
+        self._centered_on = None
         return tv, metrics
 
     def evaluate(self, state: dict[str, torch.Tensor], split: str = "test") -> dict[str, float]:
         self.load(state)
-        self.recenter()
+        self._recenter_on(state)
         return evaluate(self.backbone, self.head, self.split_data(split), self.cfg.batch_size * 2,
                         self.settings.device, self.metric_names, precision=self.settings.precision)
 

@@ -17,9 +17,10 @@ def identity():
 # The tests' own client settings: one epoch per round and a fresh optimiser, so that what they
 # pin (determinism, resume, Theorem 3.1, example counts) does not move with the embedded default.
 PLAIN_CLIENT = {"local-epochs": 1.0, "client-optimizer-state": "fresh", "client-moment-warmup": 0,
-                "client-lr-warmup": 0}
+                "client-lr-warmup": 0, "head-center": "pretrained"}
 # The same as inline run-config text for `atm-fl run --run-config` (ends with a space).
-PLAIN_CLIENT_INLINE = "local-epochs=1.0 client-optimizer-state='fresh' client-moment-warmup=0 client-lr-warmup=0 "
+PLAIN_CLIENT_INLINE = ("local-epochs=1.0 client-optimizer-state='fresh' client-moment-warmup=0 client-lr-warmup=0 "
+                       "head-center='pretrained' ")
 
 
 def small_config(tmp_path, **overrides):

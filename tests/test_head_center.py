@@ -22,7 +22,7 @@ def _perturbed(rt, scale=0.2):
 def _features_mean(rt, state):
     rt.load(state)
     with torch.no_grad():
-        return extract_features(rt.backbone, rt._head_data(), 32).mean(0)
+        return extract_features(rt.backbone, rt._center_data(), 32).mean(0)
 
 
 def test_a_common_feature_shift_is_cancelled_only_by_recentring():
@@ -68,4 +68,35 @@ def test_pretrained_center_stays_frozen_and_the_cached_head_is_never_touched(tmp
     site_rt.evaluate(_perturbed(site_rt), "test")
     assert (site_rt.head.center - frozen_center).norm() > 0
     torch.testing.assert_close(frozen_head.center, frozen_center, rtol=0, atol=0)
+    release_runtimes()
+
+
+def test_scoring_then_fine_tuning_the_same_base_estimates_the_center_once(tmp_path, monkeypatch):
+    release_runtimes()
+    rt = get_task_runtime(parse_run_config(small_config(tmp_path, tasks="mnist", **{"head-center": "site"})), "mnist")
+    calls = []
+    real = rt.recenter
+    monkeypatch.setattr(rt, "recenter", lambda *a, **k: (calls.append(1), real(*a, **k)))
+    base = _perturbed(rt)
+    rt.evaluate(base, "test")
+    rt.train_round(base, 1)  # evaluate-in-train: the same object, already centred on
+    assert len(calls) == 1
+    rt.evaluate(base, "test")  # after fine-tuning the backbone moved: centre again
+    assert len(calls) == 2
+    torch.testing.assert_close(rt.head.center, _features_mean(rt, base))
+    release_runtimes()
+
+
+def test_the_center_comes_from_a_fixed_balanced_subset_of_the_head_examples(tmp_path):
+    release_runtimes()
+    rt = get_task_runtime(parse_run_config(small_config(tmp_path, tasks="mnist", **{
+        "head-center": "site", "head-center-examples": 20})), "mnist")
+    subset = rt._center_data()
+    assert subset.num_examples == 20 and rt.train.num_examples == 48
+    # Dealt over the classes in turn: every class of the training subset is there, none dominates.
+    assert set(subset.labels.tolist()) == set(rt.train.labels.tolist())
+    assert torch.bincount(subset.labels.long()).max() <= 3
+    assert rt._center_data() is subset
+    rt.evaluate(_perturbed(rt), "test")
+    torch.testing.assert_close(rt.head.center, _features_mean(rt, _perturbed(rt)))
     release_runtimes()
