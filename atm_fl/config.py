@@ -136,7 +136,7 @@ KEYS: tuple[Key, ...] = (
         "examples; never sent). The class prototypes stay frozen either way; open-clip's zero-shot heads "
         "have no center. Why: docs/merging.md, 'The head's center'.", choices=("pretrained", "site")),
     Key("head-center-examples", 128,
-        "With head-center = 'site': how many of the site's head examples (a seeded, class-balanced subset, the "
+        "With head-center = 'site': how many of the site's head examples (a seeded uniform subset, the "
         "same every round) the center is re-estimated on; 0 = all of them. Each round costs one forward pass "
         "over them.", **_within(0, 10**9, integer=True)),
     Key("lr", 1e-4, "Client learning rate.", **_within(0, 10, open_lo=True)),

@@ -102,12 +102,16 @@ class TaskRuntime:
         self._data: dict[str, object] = {}
         self._centered_on: dict | None = None  # the state the head's center was last estimated on
         self._center_split = None  # head-center = site: the examples the center is estimated on
+        self._center_origin: tuple[torch.Tensor, torch.Tensor] | None = None  # (head's center, their pretrained mean)
         self.backbone = self.family.build_backbone()
         self.keys = mergeable_keys(self.backbone)
         self.head = self._head()
         if self.recenters:
             # The cached head is shared with other runtimes of the process: re-centre a copy.
             self.head = copy.deepcopy(self.head)
+            # The backbone is still the pretrained one: the center subset's mean features now are
+            # the reference its later means are compared with.
+            self._center_origin = (self.head.center.clone(), self._center_features_mean(self.backbone))
         _LIVE.add(self)
         log.info("task %s ready in %.1fs", task_name, time.perf_counter() - t0)
 
@@ -166,8 +170,9 @@ class TaskRuntime:
     def _center_data(self):
         """The examples a re-estimated head center is the features' mean of (``head-center-examples``).
 
-        A seeded, class-balanced subset of the head examples, the same every round; all of them
-        when the cap is 0 or not below their number.
+        A seeded uniform subset of the head examples, the same every round (uniform, not
+        class-balanced: the head's own center is the mean over the head examples' natural class
+        mix, and this estimates the same mean); all of them when the cap is 0 or not below their number.
         """
         if self._center_split is None:
             cap = int(self.cfg.values.get("head-center-examples", 0))
@@ -176,7 +181,7 @@ class TaskRuntime:
                 rows = rows.select(balanced_subset(label_tensor(rows).numpy(), self.cfg.max_head_examples,
                                                    seed=self.cfg.seed * 1000 + _SALT["head"]))
             if 0 < cap < len(rows):
-                idx = balanced_subset(label_tensor(rows).numpy(), cap, seed=self.cfg.seed * 1000 + _SALT["center"])
+                idx = subset_indices(len(rows), cap, seed=self.cfg.seed * 1000 + _SALT["center"])
                 self._center_split = self._make(rows.select(idx), "head-center examples")
             else:
                 self._center_split = self._head_data()
@@ -199,21 +204,29 @@ class TaskRuntime:
         self.recenter()
         self._centered_on = state if self.recenters else None
 
+    def _center_features_mean(self, backbone: torch.nn.Module) -> torch.Tensor:
+        with torch.no_grad():
+            return extract_features(backbone, self._center_data(), self.cfg.batch_size * 2,
+                                    self.settings.device).double().mean(0)
+
     def recenter(self, backbone: torch.nn.Module | None = None) -> None:
-        """Re-estimate the prototype head's center on the head examples with the loaded backbone.
+        """Move the prototype head's center with the features' mean under the loaded backbone.
 
         A frozen center drifts away from the features' mean as the backbone moves, which biases
-        every example towards the same class (docs/merging.md, "The head's center"); the
-        prototypes themselves stay as built. A no-op unless ``head-center = site``.
-        ``backbone``: read the features from another backbone (joint training shares one).
+        every example towards the same class (docs/merging.md, "The head's center"). The new
+        center is c0 + (mean of f over S now − mean of f over S pretrained): c0 is the head's own
+        center and S the ``head-center-examples`` subset. The difference of two means over the same
+        examples is a far less noisy estimate of the drift than a fresh mean over a small S, and it
+        is zero for the pretrained model, which keeps its head exactly. The prototypes stay as
+        built. A no-op unless ``head-center = site``. ``backbone``: read the features from another
+        backbone (joint training shares one).
         """
         self._centered_on = None
         if not self.recenters:
             return
-        with torch.no_grad():
-            feats = extract_features(backbone or self.backbone, self._center_data(), self.cfg.batch_size * 2,
-                                     self.settings.device)
-        self.head.center.copy_(feats.mean(0).to(self.head.center.device))
+        c0, origin = self._center_origin
+        drift = self._center_features_mean(backbone or self.backbone) - origin
+        self.head.center.copy_((c0.double() + drift.to(c0.device)).float())
 
     @functools.cached_property
     def pretrained(self) -> dict[str, torch.Tensor]:

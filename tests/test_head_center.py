@@ -87,16 +87,21 @@ def test_scoring_then_fine_tuning_the_same_base_estimates_the_center_once(tmp_pa
     release_runtimes()
 
 
-def test_the_center_comes_from_a_fixed_balanced_subset_of_the_head_examples(tmp_path):
+def test_the_center_comes_from_a_fixed_subset_of_the_head_examples(tmp_path):
     release_runtimes()
     rt = get_task_runtime(parse_run_config(small_config(tmp_path, tasks="mnist", **{
         "head-center": "site", "head-center-examples": 20})), "mnist")
     subset = rt._center_data()
     assert subset.num_examples == 20 and rt.train.num_examples == 48
-    # Dealt over the classes in turn: every class of the training subset is there, none dominates.
-    assert set(subset.labels.tolist()) == set(rt.train.labels.tolist())
-    assert torch.bincount(subset.labels.long()).max() <= 3
+    assert set(subset.labels.tolist()) <= set(rt.train.labels.tolist())
     assert rt._center_data() is subset
-    rt.evaluate(_perturbed(rt), "test")
-    torch.testing.assert_close(rt.head.center, _features_mean(rt, _perturbed(rt)))
+    c0 = rt.head.center.clone()
+    moved = _perturbed(rt)
+    rt.evaluate(moved, "test")
+    # The drift of the subset's mean moves the head's own center (not the subset's mean itself).
+    drift = _features_mean(rt, moved) - _features_mean(rt, rt.pretrained)
+    torch.testing.assert_close(rt.head.center, c0 + drift)
+    assert (drift.norm() > 1e-3 * c0.norm()) and (_features_mean(rt, rt.pretrained) - c0).norm() > 1e-4
+    rt.evaluate(rt.pretrained, "test")  # no drift: the head exactly as built
+    torch.testing.assert_close(rt.head.center, c0, rtol=1e-6, atol=1e-6)
     release_runtimes()
