@@ -76,6 +76,9 @@ def balanced_subset(labels: np.ndarray, cap: int, seed: int) -> np.ndarray:
 
 
 _HEADS: "OrderedDict[tuple, torch.nn.Module]" = OrderedDict()
+# head-center = site: (the head's center, the pretrained mean features of its center subset) per
+# head and subset size, so a runtime rebuilt on a task switch skips that forward pass.
+_CENTER_ORIGINS: "OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]]" = OrderedDict()
 _LIVE: "weakref.WeakSet[TaskRuntime]" = weakref.WeakSet()
 
 
@@ -111,7 +114,13 @@ class TaskRuntime:
             self.head = copy.deepcopy(self.head)
             # The backbone is still the pretrained one: the center subset's mean features now are
             # the reference its later means are compared with.
-            self._center_origin = (self.head.center.clone(), self._center_features_mean(self.backbone))
+            key = (self.name, self.data_dir, self.cfg.values.get("head-center-examples", 0)) + \
+                tuple(self.cfg.values[k] for k in _HEAD_KEYS)
+            if key not in _CENTER_ORIGINS:
+                _CENTER_ORIGINS[key] = (self.head.center.clone(), self._center_features_mean(self.backbone))
+                while len(_CENTER_ORIGINS) > HEAD_CACHE_SIZE:
+                    _CENTER_ORIGINS.popitem(last=False)
+            self._center_origin = _CENTER_ORIGINS[key]
         _LIVE.add(self)
         log.info("task %s ready in %.1fs", task_name, time.perf_counter() - t0)
 
