@@ -153,3 +153,21 @@ def test_rng_state_round_trips():
     draws = (random.random(), float(np.random.rand()), float(torch.rand(1)))
     checkpoint.restore_rng(json.loads(json.dumps(saved)))
     assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == draws
+
+
+def test_resume_with_site_head_centers_gives_the_uninterrupted_model(tmp_path, identity):
+    """head-center = site: the centers are a function of the received base and the site's data, so
+    a resumed run re-derives them and gives the same model as an uninterrupted one."""
+    site = {"head-center": "site", "head-center-examples": 16}
+    run(config(tmp_path, "ref", **site))
+    raw = config(tmp_path, "stopped", **site)
+    with pytest.raises(RoundFailed, match="round 2"):
+        run(raw, faults={2: crash_in_round(2)})
+    run({**raw, "resume": "auto"})
+    res, ref = load_results(tmp_path / "stopped"), load_results(tmp_path / "ref")
+    assert res["status"] == "finished" and accuracies(res) == accuracies(ref)
+    a, b = load_file(str(tmp_path / "stopped" / "model.safetensors")), load_file(str(tmp_path / "ref" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in b)
+    # And the centers did something: the same run with frozen centers scores differently.
+    run(config(tmp_path, "frozen"))
+    assert accuracies(load_results(tmp_path / "frozen")) != accuracies(ref)
