@@ -29,6 +29,7 @@ import torch
 
 from atm_fl.config import RunConfig
 from atm_fl.data import make_split
+from atm_fl.data.splits import InMemorySplit
 from atm_fl.models import get_family
 from atm_fl.models.base import PrototypeHead, extract_features, label_tensor, subset_indices
 from atm_fl.seeds import derive_seed
@@ -191,7 +192,12 @@ class TaskRuntime:
                                                    seed=self.cfg.seed * 1000 + _SALT["head"]))
             if 0 < cap < len(rows):
                 idx = subset_indices(len(rows), cap, seed=self.cfg.seed * 1000 + _SALT["center"])
-                self._center_split = self._make(rows.select(idx), "head-center examples")
+                head = self._head_data()
+                if isinstance(head, InMemorySplit):
+                    # Already encoded (the common case): index it rather than decode the rows again.
+                    self._center_split = InMemorySplit({k: v[torch.as_tensor(idx)] for k, v in head.items()})
+                else:
+                    self._center_split = self._make(rows.select(idx), "head-center examples")
             else:
                 self._center_split = self._head_data()
         return self._center_split

@@ -94,6 +94,12 @@ def test_the_center_comes_from_a_fixed_subset_of_the_head_examples(tmp_path):
     subset = rt._center_data()
     assert subset.num_examples == 20 and rt.train.num_examples == 48
     assert set(subset.labels.tolist()) <= set(rt.train.labels.tolist())
+    # Indexed out of the encoded training split: the same tensors as encoding those rows afresh.
+    from atm_fl.models.base import subset_indices
+    from atm_fl.runtime import _SALT
+    idx = subset_indices(48, 20, seed=rt.cfg.seed * 1000 + _SALT["center"])
+    fresh = rt._make(rt._rows("train").select(idx), "check")
+    assert all(torch.equal(subset[k], fresh[k]) for k in fresh)
     assert rt._center_data() is subset
     c0 = rt.head.center.clone()
     moved = _perturbed(rt)
