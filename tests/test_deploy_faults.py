@@ -134,9 +134,6 @@ def test_ctrl_c_stops_the_run_on_the_superlink_and_keeps_finished_rounds(deploym
     run_id = dep.run_id("ctrlc")
     os.killpg(run.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole foreground job
     assert run.wait(timeout=240) == 130, dep.log("run-ctrlc")[-3000:]
-    # The last round the server started (read after the stop: one may start while the signal travels).
-    in_flight = max(int(line.split("[ROUND ", 1)[1].split("/")[0])
-                    for line in dep.log("run-ctrlc").splitlines() if "[ROUND " in line)
     assert dep.run_status(run_id) == "finished:stopped"
     assert "finished:stopped" in dep.log("run-ctrlc")
     wait_for(lambda: not serverapps(dep), 60, "the ServerApp process to end")
@@ -146,9 +143,13 @@ def test_ctrl_c_stops_the_run_on_the_superlink_and_keeps_finished_rounds(deploym
     assert done[:3] == [0, 1, 2] and max(done) < CTRL_C_ROUNDS
     state = json.loads((dep.tmp / "runs" / "ctrlc" / "checkpoint" / "state.json").read_text())
     assert 2 <= state["round"] < CTRL_C_ROUNDS
-    # No site starts a round after the stop; the round under way may still finish on a site.
+    # No site starts a round after the stop. The server may have started one more round than it
+    # finished before the stop reached it (rounds go on while `flwr stop` starts, and the streamed
+    # log stops at the Ctrl-C, so it cannot tell which): sites may train that one, never another.
+    in_flight = max(done) + 1
     time.sleep(15)
-    assert max(max(site_rounds(dep, s, marks)) for s in SITES) <= in_flight
+    trained = {s: sorted(site_rounds(dep, s, marks)) for s in SITES}
+    assert max(max(r) for r in trained.values()) <= in_flight, (trained, done)
 
 
 def test_a_killed_supernode_leaves_no_orphans_and_its_site_rejoins(deployment):
