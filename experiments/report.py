@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from experiments.analyses import (accuracy_vs_budget, aggregate, budget_split, headline, mean_abs_offdiag,
-                                  method_label, method_order)
+                                  method_label, method_order, tuning_rows)
 
 log = logging.getLogger("experiments.report")
 
@@ -376,6 +376,34 @@ def _load(sessions: list[dict[str, Any]]) -> str:
     return "load average " + ", ".join(spans) if spans else "load not recorded"
 
 
+def tuning_table(sweep_dir: Path, cells: dict[str, dict[str, Any]]) -> list[str]:
+    """Markdown lines for the tuning cells (``evaluate-split = "val"``), best first; [] if none.
+
+    They are scored on validation, so they never enter the test tables above; this is where a
+    reader checks which setting validation chose.
+    """
+    results = {}
+    for cid in cells:
+        path = sweep_dir / cid / "results.json"
+        if path.is_file():
+            results[cid] = json.loads(path.read_text())
+    rows = tuning_rows(results)
+    if not rows:
+        return []
+    lines = ["## Tuning cells (validation split)", "",
+             "ATM cells run with `evaluate-split = \"val\"`: average validation accuracy after the last round, and "
+             "the lowest round's average minus round 0's (negative: the run fell below its start). Test numbers "
+             "are only ever reported for the settings chosen here.", "",
+             "| cell | method | k | seed | α | validation accuracy (%) | lowest round minus round 0 |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: -r["val_average"]):
+        curve = [a for a in r["curve"] if a is not None]
+        dip = 100 * (min(curve[1:]) - curve[0]) if len(curve) > 1 else float("nan")
+        lines.append(f"| {r['cell']} | {r['method']} | {r['rounds']} | {r['seed']} | {r['alpha']:g} | "
+                     f"{100 * r['val_average']:.1f} | {dip:+.1f} |")
+    return lines + [""]
+
+
 def build_report(sweep_dir: Path, out: Path, title: str | None = None, notes: list[str] | None = None) -> Path:
     from experiments.sweep import collect
 
@@ -447,6 +475,8 @@ def build_report(sweep_dir: Path, out: Path, title: str | None = None, notes: li
     lines += ["## Tables (shaped like the paper's Table 3)", "", "Test accuracy (%), mean ± std over seeds.", "",
               table3(rows), "", "Normalised accuracy (÷ fine-tuned alone, same budget and seed), mean ± std.", "",
               table3([r for r in rows if r["method"] not in ("pretrained",)], "normalized")]
+
+    lines += tuning_table(sweep_dir, cells)
 
     # Analyses.
     lines += ["## Analyses", ""]

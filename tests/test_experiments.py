@@ -206,3 +206,26 @@ def test_baseline_seeds_take_their_blocks_priority(tmp_path):
                          '[[atm]]\nmethods = ["mean"]\nbudgets = [1]\nrounds = [1]\nseeds = [0]\npriority = 1\n')
     cells = load_grid(grid_file).cells
     assert [c.id for c in cells] == ["baselines-s0", "atm-mean-b1-k1-s0", "baselines-s2", "baselines-s1"]
+
+
+def test_report_lists_validation_tuning_cells_apart_from_test(tmp_path):
+    from experiments.report import tuning_table
+
+    def cell(cid, split, curve):
+        d = tmp_path / cid
+        d.mkdir()
+        rounds = [{"round": i, "average_accuracy": a, "eval": {"t": {"accuracy": a}}} for i, a in enumerate(curve)]
+        cfg = {"evaluate-split": split, "num-server-rounds": len(curve) - 1, "seed": 0,
+               "alpha": 2.0 if "-a2" in cid else 1.0}
+        (d / "results.json").write_text(json.dumps({"status": "finished", "config": cfg, "rounds": rounds}))
+        return cid
+
+    cells = {cell("atm-mean-b4-k2-s0-val", "val", [0.5, 0.4, 0.6]): {},
+             cell("atm-mean-b4-k2-s0-a2-val", "val", [0.5, 0.6, 0.8]): {},
+             cell("atm-mean-b4-k2-s0", "test", [0.5, 0.7, 0.9]): {}}
+    lines = tuning_table(tmp_path, cells)
+    rows = [line for line in lines if line.startswith("| atm-")]
+    # Best validation score first; the test cell is not a tuning cell.
+    assert [r.split(" | ")[0][2:] for r in rows] == ["atm-mean-b4-k2-s0-a2-val", "atm-mean-b4-k2-s0-val"]
+    assert "| 80.0 | +10.0 |" in rows[0] and "| 60.0 | -10.0 |" in rows[1]
+    assert tuning_table(tmp_path, {"atm-mean-b4-k2-s0": {}}) == []
