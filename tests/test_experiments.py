@@ -229,3 +229,19 @@ def test_report_lists_validation_tuning_cells_apart_from_test(tmp_path):
     assert [r.split(" | ")[0][2:] for r in rows] == ["atm-mean-b4-k2-s0-a2-val", "atm-mean-b4-k2-s0-val"]
     assert "| 80.0 | +10.0 |" in rows[0] and "| 60.0 | -10.0 |" in rows[1]
     assert tuning_table(tmp_path, {"atm-mean-b4-k2-s0": {}}) == []
+
+
+def test_normalise_fills_normalised_accuracy_from_another_sweeps_fine_tuned_rows():
+    from experiments.normalise import normalise, summary
+
+    head = dict(source="flwr", budget="4.0", rounds="4", alpha="0.5", normalized="nan")
+    rows = [dict(head, cell=f"atm-x-s{s}", method="atm-x", seed=str(s), task=t, accuracy=str(a))
+            for s, t, a in [(0, "a", 0.4), (0, "b", 0.9), (1, "a", 0.6), (1, "b", 0.3)]]
+    ref = [dict(head, cell=f"baselines-s{s}", method=m, seed=str(s), task=t, accuracy=str(a))
+           for s, m, t, a in [(0, "finetuned", "a", 0.8), (0, "finetuned", "b", 0.9), (0, "joint", "a", 0.1),
+                              (1, "finetuned", "a", 0.6)]]  # seed 1 has no reference for task b
+    out = normalise(rows, ref)
+    assert [float(r["normalized"]) if r["normalized"] != "nan" else None for r in out] == [0.5, 1.0, 1.0, None]
+    s = summary(out)["atm-x k=4 α=0.5"]
+    assert s["accuracy"][2] == 2 and s["accuracy"][0] == pytest.approx((0.65 + 0.45) / 2)
+    assert s["normalized"][0] == pytest.approx((0.75 + 1.0) / 2)
