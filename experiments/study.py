@@ -15,6 +15,12 @@ k = 4) and joint training, paired by seed:
 
 Writes ``study.json``, ``study.md`` and ``curves.png`` (per-round average, one line per
 variant and seed) into ``--out``.
+
+Seeds added later (``--only s3``) can go in a fresh sweep directory and be joined with a
+published study: ``--rows-from docs/results/<study>/results.csv`` adds its rows and
+``--curves-from docs/results/<study>/study.json`` its per-round curves, for every cell the
+sweep directory does not hold itself. Check first that one cell both ran gives the same
+numbers on this CPU (text does; images differ by CPU).
 """
 
 from __future__ import annotations
@@ -81,19 +87,30 @@ def load_results(sweep_dir: Path, cells: dict[str, Any]) -> dict[str, dict[str, 
     return out
 
 
+def published_rows(path: Path, skip_cells: set[str]) -> list[dict[str, Any]]:
+    """A published ``results.csv``'s rows (accuracy as float), less the cells in ``skip_cells``."""
+    import csv
+
+    with open(path, newline="") as f:
+        return [{**r, "accuracy": float(r["accuracy"])} for r in csv.DictReader(f) if r["cell"] not in skip_cells]
+
+
 def analyse(summary: dict[str, Any], results: dict[str, dict[str, Any]] | None = None,
-            headline: dict[int, float] | None = None) -> dict[str, Any]:
+            headline: dict[int, float] | None = None, extra_rows: list[dict[str, Any]] | None = None,
+            extra_curves: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """``summary``: experiments.sweep.collect's; ``results``: cell id -> results.json (default: summary["cells"]).
 
     ``headline``: {seed: accuracy} of today's ATM from another sweep (``--headline-from``);
-    default: this sweep's ``atm-mean`` k = 4 cells.
+    default: this sweep's ``atm-mean`` k = 4 cells. ``extra_rows`` / ``extra_curves``: a
+    published study's rows and curves (``--rows-from`` / ``--curves-from``); the sweep's own
+    cells win where both hold one.
     """
-    avg = averages(summary["rows"])
+    avg = averages(summary["rows"] + (extra_rows or []))
     joint = avg.get(("joint", 0), {})
     head = headline if headline is not None else avg.get(HEADLINE, {})
     one_shot = {m: v for (m, k), v in avg.items() if m.endswith("-tuned")}
     best = max(one_shot, key=lambda m: np.mean(list(one_shot[m].values()))) if one_shot else None
-    curves = round_curves(results if results is not None else summary["cells"])
+    curves = {**(extra_curves or {}), **round_curves(results if results is not None else summary["cells"])}
     variants = []
     for (m, k), by_seed in sorted(avg.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         if not m.startswith("atm"):
@@ -219,14 +236,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--headline-from", default=None, metavar="SWEEP_DIR",
                    help="take today's ATM (atm-mean, k = 4) per seed from this other sweep, e.g. the "
                         "frozen-center study when this sweep changes the heads (default: this sweep's own)")
+    p.add_argument("--rows-from", action="append", default=[], metavar="RESULTS_CSV",
+                   help="also take the rows of this published results.csv, for cells the sweep does not hold "
+                        "(repeatable; default: none)")
+    p.add_argument("--curves-from", action="append", default=[], metavar="STUDY_JSON",
+                   help="also take the per-round curves of this published study.json, for cells the sweep "
+                        "does not hold (repeatable; default: none)")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = collect(Path(args.sweep_dir))
     headline = averages(collect(Path(args.headline_from))["rows"]).get(HEADLINE, {}) if args.headline_from else None
-    st = analyse(summary, load_results(Path(args.sweep_dir), summary["cells"]), headline)
+    own = set(summary["cells"])
+    extra_rows = [r for f in args.rows_from for r in published_rows(Path(f), own)]
+    extra_curves = {cid: c for f in args.curves_from
+                    for cid, c in json.loads(Path(f).read_text()).get("curves", {}).items() if cid not in own}
+    st = analyse(summary, load_results(Path(args.sweep_dir), summary["cells"]), headline, extra_rows, extra_curves)
     command = f"python -m experiments.study {args.sweep_dir} --out {args.out}" + \
-        (f" --headline-from {args.headline_from}" if args.headline_from else "")
+        (f" --headline-from {args.headline_from}" if args.headline_from else "") + \
+        "".join(f" --rows-from {f}" for f in args.rows_from) + "".join(f" --curves-from {f}" for f in args.curves_from)
     (out / "study.json").write_text(json.dumps(_strict(st), indent=1, default=str, allow_nan=False))
     (out / "study.md").write_text(markdown(st, command))
     plot_curves(st, out / "curves.png")

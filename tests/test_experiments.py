@@ -245,3 +245,36 @@ def test_normalise_fills_normalised_accuracy_from_another_sweeps_fine_tuned_rows
     s = summary(out)["atm-x k=4 α=0.5"]
     assert s["accuracy"][2] == 2 and s["accuracy"][0] == pytest.approx((0.65 + 0.45) / 2)
     assert s["normalized"][0] == pytest.approx((0.75 + 1.0) / 2)
+
+
+def test_study_joins_a_published_studys_rows_and_curves_with_later_seeds(tmp_path):
+    from experiments.study import analyse, published_rows
+
+    def rows(cell, method, rounds, seed, accs):
+        return [{"cell": cell, "method": method, "rounds": str(rounds), "seed": str(seed), "task": t, "accuracy": a}
+                for t, a in zip("ab", accs)]
+
+    # The published study: seeds 0-1 (CSV strings, as results.csv holds them); one cell it
+    # shares with the new sweep, whose own numbers must win.
+    published = (rows("baselines-s0", "joint", 0, 0, [0.9, 0.9]) + rows("atm-mean-b4-k4-s0", "atm-mean", 4, 0, [0.5, 0.5])
+                 + rows("atm-mean-b4-k16-s0", "atm-mean", 16, 0, [0.7, 0.7])
+                 + rows("baselines-s1", "joint", 0, 1, [0.8, 0.8]) + rows("atm-mean-b4-k4-s1", "atm-mean", 4, 1, [0.6, 0.6])
+                 + rows("atm-mean-b4-k16-s1", "atm-mean", 16, 1, [0.0, 0.0]))
+    csv_path = tmp_path / "results.csv"
+    csv_path.write_text("cell,method,rounds,seed,task,accuracy\n"
+                        + "".join(f"{r['cell']},{r['method']},{r['rounds']},{r['seed']},{r['task']},{r['accuracy']}\n"
+                                  for r in published))
+    new = (rows("baselines-s2", "joint", 0, 2, [1.0, 1.0]) + rows("atm-mean-b4-k4-s2", "atm-mean", 4, 2, [0.6, 0.6])
+           + rows("atm-mean-b4-k16-s2", "atm-mean", 16, 2, [0.8, 0.8])
+           + rows("atm-mean-b4-k16-s1", "atm-mean", 16, 1, [0.7, 0.7]))  # a rerun of seed 1's cell
+    own = {r["cell"] for r in new}
+    extra = published_rows(csv_path, own)
+    assert {r["cell"] for r in extra} == {r["cell"] for r in published} - own
+    curves = {"atm-mean-b4-k16-s0": {"method": "atm-mean", "rounds": 16, "seed": 0, "curve": [0.5, 0.4, 0.7], "bytes": 8}}
+    st = analyse({"rows": new, "cells": {}}, results={}, extra_rows=extra, extra_curves=curves)
+    (k16,) = [v for v in st["variants"] if v["rounds"] == 16]
+    assert k16["seeds"] == [0, 1, 2]
+    assert k16["per_seed"][1] == pytest.approx(0.7)  # the sweep's own seed-1 cell, not the published 0.0
+    # Gap closed per seed: (0.7-0.5)/(0.9-0.5), (0.7-0.6)/(0.8-0.6), (0.8-0.6)/(1.0-0.6).
+    assert k16["gap_closed"][0] == pytest.approx((0.5 + 0.5 + 0.5) / 3)
+    assert k16["dip"] == {0: pytest.approx(-0.1)} and k16["bytes_per_round"] == pytest.approx(0.5)
