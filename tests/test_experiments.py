@@ -278,3 +278,21 @@ def test_study_joins_a_published_studys_rows_and_curves_with_later_seeds(tmp_pat
     # Gap closed per seed: (0.7-0.5)/(0.9-0.5), (0.7-0.6)/(0.8-0.6), (0.8-0.6)/(1.0-0.6).
     assert k16["gap_closed"][0] == pytest.approx((0.5 + 0.5 + 0.5) / 3)
     assert k16["dip"] == {0: pytest.approx(-0.1)} and k16["bytes_per_round"] == pytest.approx(0.5)
+
+
+def test_curves_find_the_dip_below_round_0_and_the_worst_step():
+    from experiments.curves import curve_stats, task_table
+
+    def rnd(k, a, b):
+        return {"round": k, "eval": {"b": {"accuracy": b}, "a": {"accuracy": a}}}
+
+    res = {"config": {"seed": 4, "alpha": 6.0, "tasks": "a,b"},
+           "rounds": [rnd(0, 0.70, 0.80), rnd(1, 0.80, 0.80), rnd(2, 0.60, 0.80), rnd(3, 0.90, 0.90)]}
+    st = curve_stats(res)
+    assert st["curve"] == pytest.approx([75.0, 80.0, 70.0, 90.0])
+    assert st["lowest_minus_round0"] == pytest.approx(-5.0) and st["worst_step"] == pytest.approx(-10.0)
+    assert st["final"] == pytest.approx(90.0) and st["rounds_that_fell"] == 1
+    lines = task_table(res, [0, 3])
+    assert lines[0] == "| round | a | b | average |" and lines[2] == "| 0 | 70.0 | 80.0 | 75.0 |"
+    with pytest.raises(ValueError, match="round 5"):
+        task_table(res, [5])
