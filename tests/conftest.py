@@ -14,12 +14,13 @@ def identity():
         yield
 
 
-# The tests' own client settings: one epoch per round and a fresh optimiser, so that what they
-# pin (determinism, resume, Theorem 3.1, example counts) does not move with the embedded default.
-PLAIN_CLIENT = {"local-epochs": 1.0, "client-optimizer-state": "fresh", "client-moment-warmup": 0,
+# The tests' own client settings: one epoch per round, a fresh optimiser and the paper's step
+# (alpha 1), so that what they pin (determinism, resume, Theorem 3.1, example counts) does not
+# move with the embedded default.
+PLAIN_CLIENT = {"alpha": 1.0, "local-epochs": 1.0, "client-optimizer-state": "fresh", "client-moment-warmup": 0,
                 "client-lr-warmup": 0, "head-center": "pretrained"}
 # The same as inline run-config text for `atm-fl run --run-config` (ends with a space).
-PLAIN_CLIENT_INLINE = ("local-epochs=1.0 client-optimizer-state='fresh' client-moment-warmup=0 client-lr-warmup=0 "
+PLAIN_CLIENT_INLINE = ("alpha=1.0 local-epochs=1.0 client-optimizer-state='fresh' client-moment-warmup=0 client-lr-warmup=0 "
                        "head-center='pretrained' ")
 
 

@@ -7,6 +7,8 @@ import pytest
 
 from atm_fl.config import KEYS, ConfigError, markdown_table, parse_run_config
 
+ALPHA_DEFAULT = next(k.default for k in KEYS if k.name == "alpha")  # the error names the default
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -62,7 +64,7 @@ NUMERIC = [k for k in KEYS if k.type in (int, float)]
 @pytest.mark.parametrize("raw, words", [
     ({"alpha": float("inf")}, ["'alpha'", "inf", "not a finite number", "(0, 100]"]),
     ({"alpha": float("nan")}, ["'alpha'", "nan", "not a finite number"]),
-    ({"alpha": 1e30}, ["'alpha'", "1e+30", "out of range", "(0, 100]", "alpha=1.0"]),
+    ({"alpha": 1e30}, ["'alpha'", "1e+30", "out of range", "(0, 100]", f"alpha={ALPHA_DEFAULT}"]),
     ({"alpha": -1.0}, ["'alpha'", "-1.0", "(0, 100]"]),
     ({"lr": float("inf")}, ["'lr'", "inf", "not a finite number", "(0, 10]"]),
     ({"seed": 2**70}, ["'seed'", "64-bit"]),
