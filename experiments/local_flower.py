@@ -36,6 +36,18 @@ from typing import Iterator, Mapping, Sequence
 from atm_fl.cli import free_port, superlink_pids
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _sigint_as_in_a_terminal() -> None:
+    # A shell without job control starts background jobs (`cmd &`, nohup, CI runners) with
+    # SIGINT ignored, and an ignored signal stays ignored across exec: Ctrl-C would then never
+    # reach `atm-fl run`. A terminal's foreground job always has the default handler.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+# Popen keyword arguments for a process that a test stops with Ctrl-C
+# (``os.killpg(proc.pid, signal.SIGINT)``): a session of its own, SIGINT not ignored.
+FOREGROUND_JOB = {"start_new_session": True, "preexec_fn": _sigint_as_in_a_terminal}
 DEPLOY = ROOT / "deploy"
 INTRUDER = "intruder"
 
@@ -194,7 +206,7 @@ class Deployment:
         with open(log, "wb") as fh:
             proc = subprocess.Popen([sys.executable, "-m", "atm_fl.cli", "run", ".", "sites", "--run-config",
                                      run_config], env=self.env, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+                                    **FOREGROUND_JOB)
         self.runs[name], self.logs[f"run-{name}"] = proc, log
         return proc
 

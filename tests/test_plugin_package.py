@@ -107,8 +107,8 @@ def test_installed_plugin_is_found_checked_and_run_by_flwr_run(tmp_path, install
               "max-train-examples": 32, "max-eval-examples": 32, "batch-size": 16, "lr": 0.01,
               "output-dir": str(out), **PLAIN_CLIENT}
     inline = " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in common.items())
-    proc = atm_fl_run(flwr_env, f"{inline} merge-method='scaled-mean' merge-params='scale=0.5' alpha=1.0 "
-                                "run-name='plugin'")
+    assert common["alpha"] == 1.0  # from PLAIN_CLIENT: the reference below relies on it
+    proc = atm_fl_run(flwr_env, f"{inline} merge-method='scaled-mean' merge-params='scale=0.5' run-name='plugin'")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     res = json.loads((out / "plugin" / "results.json").read_text())
     assert res["status"] == "finished" and res["merge"]["method"] == "scaled-mean"

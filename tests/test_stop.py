@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from atm_fl.cli import run_status, superlink_pids
-from experiments.local_flower import FlowerEnv, alive, descendants, is_command
+from experiments.local_flower import FOREGROUND_JOB, FlowerEnv, alive, descendants, is_command
 from tests.conftest import PLAIN_CLIENT_INLINE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def test_ctrl_c_stops_a_simulation_run_and_keeps_its_rounds(tmp_path, flower):
               f"max-eval-examples=32 output-dir='{out}' run-name='sim' " + PLAIN_CLIENT_INLINE)
     with open(log, "wb") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "atm_fl.cli", "run", str(ROOT), "--run-config", config],
-                                env=flower.env, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+                                env=flower.env, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, **FOREGROUND_JOB)
     try:
         for _ in range(1200):
             if "[ROUND 3/" in log.read_text() or proc.poll() is not None:
@@ -76,3 +76,16 @@ def test_ctrl_c_stops_a_simulation_run_and_keeps_its_rounds(tmp_path, flower):
             break
         time.sleep(0.5)
     assert left == {}
+
+
+def test_a_stopped_job_gets_ctrl_c_even_when_pytest_runs_with_sigint_ignored():
+    # CI from `nohup ... &` starts pytest with SIGINT ignored; the run under test must still
+    # see Ctrl-C, as a terminal's foreground job would.
+    probe = [sys.executable, "-c", "import signal; print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)"]
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        inherited = subprocess.run(probe, capture_output=True, text=True, check=True).stdout.strip()
+        ours = subprocess.run(probe, capture_output=True, text=True, check=True, **FOREGROUND_JOB).stdout.strip()
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert (inherited, ours) == ("True", "False")
