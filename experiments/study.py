@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     summary = collect(Path(args.sweep_dir))
     headline = averages(collect(Path(args.headline_from))["rows"]).get(HEADLINE, {}) if args.headline_from else None
-    own = set(summary["cells"])
+    own = {cid for cid, c in summary["cells"].items() if c.get("status") == "finished"}  # a killed cell hides nothing
     extra_rows = [r for f in args.rows_from for r in published_rows(Path(f), own)]
     extra_curves = {cid: c for f in args.curves_from
                     for cid, c in json.loads(Path(f).read_text()).get("curves", {}).items() if cid not in own}
