@@ -50,12 +50,14 @@ def normalise(rows: list[dict[str, str]], reference: list[dict[str, str]]) -> li
 
 def summary(rows: list[dict[str, str]]) -> dict[str, dict[str, tuple[float, float, int]]]:
     """{method label: {"accuracy" | "normalized": (mean, std, seeds)}} over seeds of per-cell averages."""
-    cells: dict[str, dict[str, dict[str, float]]] = defaultdict(lambda: {"acc": {}, "norm": {}})
+    # A baselines cell holds several methods: one entry per (cell, method).
+    cells: dict[tuple[str, str], dict[str, dict[str, float]]] = defaultdict(lambda: {"acc": {}, "norm": {}})
     label = {}
     for r in rows:
-        cells[r["cell"]]["acc"][r["task"]] = float(r["accuracy"])
-        cells[r["cell"]]["norm"][r["task"]] = float(r["normalized"])
-        label[r["cell"]] = f"{r['method']} k={r['rounds']} α={r['alpha'] or '-'}"
+        key = (r["cell"], r["method"])
+        cells[key]["acc"][r["task"]] = float(r["accuracy"])
+        cells[key]["norm"][r["task"]] = float(r["normalized"])
+        label[key] = f"{r['method']} k={r['rounds']} α={r['alpha'] or '-'}"
     by_method: dict[str, dict[str, list[float]]] = defaultdict(lambda: {"accuracy": [], "normalized": []})
     for cid, c in cells.items():
         by_method[label[cid]]["accuracy"].append(mean_of(c["acc"]))

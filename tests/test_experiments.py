@@ -245,6 +245,10 @@ def test_normalise_fills_normalised_accuracy_from_another_sweeps_fine_tuned_rows
     s = summary(out)["atm-x k=4 α=0.5"]
     assert s["accuracy"][2] == 2 and s["accuracy"][0] == pytest.approx((0.65 + 0.45) / 2)
     assert s["normalized"][0] == pytest.approx((0.75 + 1.0) / 2)
+    # A baselines cell's methods are summarised apart, not merged into one entry.
+    both = summary(normalise(ref, ref))
+    assert both["finetuned k=4 α=0.5"]["normalized"][0] == pytest.approx(1.0)
+    assert both["joint k=4 α=0.5"]["accuracy"][0] == pytest.approx(0.1)
 
 
 def test_study_joins_a_published_studys_rows_and_curves_with_later_seeds(tmp_path):
