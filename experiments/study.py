@@ -89,10 +89,9 @@ def load_results(sweep_dir: Path, cells: dict[str, Any]) -> dict[str, dict[str, 
 
 def published_rows(path: Path, skip_cells: set[str]) -> list[dict[str, Any]]:
     """A published ``results.csv``'s rows (accuracy as float), less the cells in ``skip_cells``."""
-    import csv
+    from experiments.normalise import read_rows
 
-    with open(path, newline="") as f:
-        return [{**r, "accuracy": float(r["accuracy"])} for r in csv.DictReader(f) if r["cell"] not in skip_cells]
+    return [{**r, "accuracy": float(r["accuracy"])} for r in read_rows(path) if r["cell"] not in skip_cells]
 
 
 def analyse(summary: dict[str, Any], results: dict[str, dict[str, Any]] | None = None,

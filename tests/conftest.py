@@ -20,8 +20,7 @@ def identity():
 PLAIN_CLIENT = {"alpha": 1.0, "local-epochs": 1.0, "client-optimizer-state": "fresh", "client-moment-warmup": 0,
                 "client-lr-warmup": 0, "head-center": "pretrained"}
 # The same as inline run-config text for `atm-fl run --run-config` (ends with a space).
-PLAIN_CLIENT_INLINE = ("alpha=1.0 local-epochs=1.0 client-optimizer-state='fresh' client-moment-warmup=0 client-lr-warmup=0 "
-                       "head-center='pretrained' ")
+PLAIN_CLIENT_INLINE = "".join(f"{k}={v!r} " for k, v in PLAIN_CLIENT.items())
 
 
 def small_config(tmp_path, **overrides):
