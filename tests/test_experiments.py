@@ -300,3 +300,24 @@ def test_curves_find_the_dip_below_round_0_and_the_worst_step():
     assert lines[0] == "| round | a | b | average |" and lines[2] == "| 0 | 70.0 | 80.0 | 75.0 |"
     with pytest.raises(ValueError, match="round 5"):
         task_table(res, [5])
+
+
+GRIDS = sorted((Path(__file__).resolve().parents[1] / "experiments" / "grids").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", GRIDS, ids=lambda p: p.name)
+def test_every_shipped_grid_loads_with_unique_cells_whose_run_configs_parse(path):
+    # A grid is read when a sweep starts, hours before its last cell: a typo in a key, a merge
+    # name or a block's own run-config must fail here, not at cell 40 of a night's sweep.
+    from atm_fl.config import parse_run_config
+
+    grid = load_grid(path)
+    ids = [c.id for c in grid.cells]
+    assert ids, f"{path.name} has no cells"
+    assert len(ids) == len(set(ids)), f"{path.name}: duplicate cell ids"
+    for cell in grid.atm_cells:
+        values = parse_run_config(cell.run_config(grid.run_config, Path("/x"))).values
+        assert values["alpha"] == cell.alpha and values["merge-method"] == cell.method, cell.id
+        assert values["num-server-rounds"] == cell.rounds and values["run-name"] == cell.id
+        for key, value in cell.overrides:  # the block's own keys reach the run, not the grid's
+            assert values[key] == value, (cell.id, key)
