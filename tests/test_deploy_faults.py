@@ -35,8 +35,12 @@ from tests.conftest import PLAIN_CLIENT_INLINE
 SITES = ("mnist", "optdigits")
 pytestmark = pytest.mark.e2e
 
+# discovery-timeout: a run waits only until every task has answered, so a long bound costs a
+# passing run nothing. 60 s was too short on a loaded machine: a site still finishing the
+# ClientApp of the previous test's stopped run answered the next run's query late (CI under a
+# concurrent sweep, 2026-12-04).
 RUN_CONFIG = ("model-family='tiny-mlp' tasks='mnist,optdigits' image-size=32 max-train-examples=64 "
-              "max-eval-examples=32 batch-size=16 lr=0.01 discovery-timeout=60.0 round-timeout=600.0 "
+              "max-eval-examples=32 batch-size=16 lr=0.01 discovery-timeout=300.0 round-timeout=600.0 "
               + PLAIN_CLIENT_INLINE)
 
 
@@ -63,6 +67,16 @@ def results(dep, name: str) -> dict:
 
 def serverapps(dep) -> dict[int, str]:
     return {p: c for p, c in descendants(dep.procs["superlink"].pid).items() if is_command(c, "flwr-serverapp")}
+
+
+def clientapps(dep) -> dict[int, str]:
+    """ClientApp processes running at any site now (a stopped run's last one may still be running)."""
+    out = {}
+    for site in SITES:
+        proc = dep.procs.get(dep.current[site])
+        if proc is not None and proc.poll() is None:
+            out.update({p: c for p, c in descendants(proc.pid).items() if is_command(c, "flwr-clientapp")})
+    return out
 
 
 def log_marks(dep) -> dict[str, int]:
@@ -150,6 +164,8 @@ def test_ctrl_c_stops_the_run_on_the_superlink_and_keeps_finished_rounds(deploym
     time.sleep(15)
     trained = {s: sorted(site_rounds(dep, s, marks)) for s in SITES}
     assert max(max(r) for r in trained.values()) <= in_flight, (trained, done)
+    # Leave both sites idle for the next test: Flower lets the in-flight ClientApp finish.
+    wait_for(lambda: not clientapps(dep), 600, "the sites' last ClientApp of the stopped run to end", poll=1.0)
 
 
 def test_a_killed_supernode_leaves_no_orphans_and_its_site_rejoins(deployment):
