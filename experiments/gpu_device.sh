@@ -19,11 +19,11 @@ cd "$(dirname "$0")/.."
 prepare() {
     grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
     grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
-    local pkgs=() p
-    for p in flwr open_clip_torch ftfy wcwidth datasets dill multiprocess cryptography cffi pycryptodome \
-             iterators grpcio-health-checking protobuf grpcio truststore; do
-        pkgs+=("$p==$(python -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$p")")
-    done
+    # Pinned to the versions this venv runs, read in one interpreter start.
+    local pkgs
+    mapfile -t pkgs < <(python -c "import importlib.metadata as m, sys; print(*(f'{p}=={m.version(p)}' for p in sys.argv[1:]), sep='\n')" \
+        flwr open_clip_torch ftfy wcwidth datasets dill multiprocess cryptography cffi pycryptodome \
+        iterators grpcio-health-checking protobuf grpcio truststore)
     rm -rf .whl && mkdir -p .whl
     python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_34_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
