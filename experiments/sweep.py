@@ -123,9 +123,25 @@ def _cost(cell) -> float:
     return max(cell.budgets) * (2 if cell.joint else 1) + replay + 0.6 * n_merges + 0.5 * len(cell.budgets) + 1
 
 
-def run_sweep(grid: Grid, out: Path, only: str | None = None) -> dict[str, Any]:
+def selected(cells: list, only: str | list[str] | None) -> list:
+    """The cells whose id contains any of ``only`` (a text or a list of texts; none: every cell).
+
+    A text ending in ``$`` must end the id: ``atm-mean-b4-k16-s0$`` picks that cell and not
+    ``atm-mean-b4-k16-s0-carry-warm``.
+    """
+    if not only:
+        return list(cells)
+    texts = [only] if isinstance(only, str) else list(only)
+
+    def hit(text: str, cid: str) -> bool:
+        return cid.endswith(text[:-1]) if text.endswith("$") else text in cid
+
+    return [c for c in cells if any(hit(t, c.id) for t in texts)]
+
+
+def run_sweep(grid: Grid, out: Path, only: str | list[str] | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
-    cells = [c for c in grid.cells if not only or only in c.id]
+    cells = selected(grid.cells, only)
     n = len(cells)
     meta_path = out / "sweep-meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {"sessions": []}
@@ -229,16 +245,19 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--grid", required=True, help="grid TOML file (docs/experiments.md)")
     p.add_argument("--out", required=True, help="sweep directory (cells go in sub-directories)")
-    p.add_argument("--only", default=None, help="run only cells whose id contains this text")
+    p.add_argument("--only", action="append", default=None,
+                   help="run only cells whose id contains this text (ending in $: ends with it); repeat it to "
+                        "run cells matching any of them")
     p.add_argument("--list", action="store_true", help="list the cells and whether they are finished, then exit")
     p.add_argument("--collect", action="store_true", help="only rebuild sweep.json/results.csv from finished cells")
     args = p.parse_args(argv)
     grid = load_grid(args.grid)
     out = Path(args.out)
     if args.list:
-        for i, c in enumerate(grid.cells, start=1):
+        cells = selected(grid.cells, args.only)
+        for i, c in enumerate(cells, start=1):
             done = "finished" if is_finished(out / c.id) else "to run"
-            log.info("cell %d/%d %s: %s", i, len(grid.cells), c.id, done)
+            log.info("cell %d/%d %s: %s", i, len(cells), c.id, done)
         return 0
     if args.collect:
         collect(out, grid)

@@ -309,15 +309,34 @@ GRIDS = sorted((Path(__file__).resolve().parents[1] / "experiments" / "grids").g
 def test_every_shipped_grid_loads_with_unique_cells_whose_run_configs_parse(path):
     # A grid is read when a sweep starts, hours before its last cell: a typo in a key, a merge
     # name or a block's own run-config must fail here, not at cell 40 of a night's sweep.
-    from atm_fl.config import parse_run_config
+    from atm_fl.config import check_plugins, parse_run_config
 
     grid = load_grid(path)
     ids = [c.id for c in grid.cells]
     assert ids, f"{path.name} has no cells"
     assert len(ids) == len(set(ids)), f"{path.name}: duplicate cell ids"
     for cell in grid.atm_cells:
-        values = parse_run_config(cell.run_config(grid.run_config, Path("/x"))).values
+        cfg = parse_run_config(cell.run_config(grid.run_config, Path("/x")))
+        check_plugins(cfg)  # merge-params / server-params name real parameters with valid values
+        values = cfg.values
         assert values["alpha"] == cell.alpha and values["merge-method"] == cell.method, cell.id
         assert values["num-server-rounds"] == cell.rounds and values["run-name"] == cell.id
         for key, value in cell.overrides:  # the block's own keys reach the run, not the grid's
             assert values[key] == value, (cell.id, key)
+
+
+def test_only_selects_cells_containing_any_of_the_given_texts(tmp_path):
+    # `--only` is repeated to add the cells one decision needs to a sweep without running its
+    # whole grid; a substring (not a regex) keeps `--only=-val` meaning what it says, and a
+    # trailing `$` picks a cell whose id is the prefix of another's.
+    grid = tmp_path / "g.toml"
+    grid.write_text('name = "g"\n[[atm]]\nmethods = ["mean"]\nbudgets = [4]\nrounds = [1, 4, 16]\nseeds = [0]\n'
+                    '[[atm]]\nmethods = ["mean"]\nbudgets = [4]\nrounds = [16]\nseeds = [0]\ntag = "val"\n')
+    cells = load_grid(grid).cells
+    ids = lambda only: [c.id for c in sweep_mod.selected(cells, only)]  # noqa: E731
+    assert ids(None) == [c.id for c in cells] and len(cells) == 4
+    assert ids("-val") == ["atm-mean-b4-k16-s0-val"]
+    assert ids(["k1-s0", "-val"]) == ["atm-mean-b4-k1-s0", "atm-mean-b4-k16-s0-val"]
+    assert ids(["nothing"]) == []
+    assert ids("k16-s0") == ["atm-mean-b4-k16-s0", "atm-mean-b4-k16-s0-val"]
+    assert ids("k16-s0$") == ["atm-mean-b4-k16-s0"]
