@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     runs = {}
     for f in args.results:
+        if not Path(f).is_file():  # a cell still running has no results.json yet
+            log.error("%s: no such file; left out", f)
+            continue
         res = json.loads(Path(f).read_text())
         if res.get("status") != "finished":
             log.error("%s: status %r, not finished; left out", f, res.get("status"))

@@ -340,3 +340,21 @@ def test_only_selects_cells_containing_any_of_the_given_texts(tmp_path):
     assert ids(["nothing"]) == []
     assert ids("k16-s0") == ["atm-mean-b4-k16-s0", "atm-mean-b4-k16-s0-val"]
     assert ids("k16-s0$") == ["atm-mean-b4-k16-s0"]
+
+
+def test_curves_leave_out_missing_and_unfinished_runs_with_a_message(tmp_path, capfd):
+    # A glob over a sweep that is still running names cells with no results.json yet: the
+    # finished ones are reported, the rest are named in the log, not a traceback.
+    from experiments.curves import main
+
+    done = tmp_path / "done.json"
+    done.write_text(json.dumps({"status": "finished", "config": {"seed": 0, "alpha": 1.0}, "rounds": [
+        {"round": 0, "eval": {"a": {"accuracy": 0.5}}}, {"round": 1, "eval": {"a": {"accuracy": 0.6}}}]}))
+    running = tmp_path / "running.json"
+    running.write_text(json.dumps({"status": "running", "rounds": []}))
+    out = tmp_path / "c.json"
+    assert main([str(done), str(running), str(tmp_path / "absent.json"), "--json", str(out)]) == 0
+    assert list(json.loads(out.read_text())) == [str(done)]
+    log_text = capfd.readouterr().err  # main() sets up the CLI's own stderr logging
+    assert "absent.json: no such file" in log_text and "not finished" in log_text
+    assert main([str(tmp_path / "absent.json")]) == 2
