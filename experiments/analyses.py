@@ -84,7 +84,16 @@ def tuning_rows(cells: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for cid, res in cells.items():
         cfg = res.get("config", {})
-        if res.get("status") != "finished" or res.get("kind") == "baselines" or cfg.get("evaluate-split") != "val":
+        if res.get("status") != "finished" or cfg.get("evaluate-split") != "val":
+            continue
+        if res.get("kind") == "baselines":
+            # Joint training and fine-tuning alone in a tuning baselines cell (e.g. another lr).
+            tag = (res.get("spec") or {}).get("tag", "")
+            for r in res["rows"]:
+                if r["method"] in ("joint", "finetuned"):
+                    out.append({"cell": cid, "method": r["method"] + (f"+{tag}" if tag else ""), "rounds": 0,
+                                "seed": int(res.get("seed", 0)), "alpha": float(r.get("alpha") or 1.0),
+                                "val_average": float(np.mean(list(r["accuracy"].values()))), "curve": []})
             continue
         final = max((r for r in res["rounds"] if r.get("eval")), key=lambda r: r["round"], default=None)
         if final is None:
@@ -105,13 +114,18 @@ def collect_rows(cells: dict[str, dict[str, Any]]) -> tuple[list[dict[str, Any]]
         if res.get("status") != "finished":
             continue
         if res.get("kind") == "baselines":
+            if res.get("config", {}).get("evaluate-split", "test") != "test":
+                continue  # a tuning cell, scored on validation: read by ``tuning_rows``
+            # A grid block's variant (tag, with its own run-config) labels its rows <method>+<tag>
+            # and never serves as the normalising reference.
+            tag = (res.get("spec") or {}).get("tag", "")
             for r in res["rows"]:
                 rounds = 1 if r["method"] not in ("pretrained", "finetuned", "joint") else 0
                 for task, acc in r["accuracy"].items():
-                    rows.append({"cell": cid, "source": "in-process", "method": r["method"],
+                    rows.append({"cell": cid, "source": "in-process", "method": r["method"] + (f"+{tag}" if tag else ""),
                                  "budget": float(r["budget"]), "rounds": rounds, "seed": int(r["seed"]),
                                  "alpha": r.get("alpha", ""), "task": task, "accuracy": float(acc)})
-                if r["method"] == "finetuned":
+                if r["method"] == "finetuned" and not tag:
                     reference[(int(r["seed"]), float(r["budget"]))] = dict(r["accuracy"])
             for label, rep in res.get("replay", {}).items():
                 for pr in rep["per_round"]:

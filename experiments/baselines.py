@@ -338,7 +338,13 @@ def run_baselines(run_config: dict[str, Any], spec: dict[str, Any], out_dir: Pat
         def state_of(flat_vec: torch.Tensor, alpha: float = 1.0) -> dict[str, torch.Tensor]:
             return apply_update(pre, unflatten(flat_vec, layout), alpha)
 
+        # A tuning cell (run-config evaluate-split = "val") scores its "test" rows on validation too,
+        # so the test split never chooses a setting; ``collect_rows`` leaves such cells out of the test
+        # tables and ``tuning_rows`` lists them.
+        report_split = cfg.evaluate_split
+
         def evaluate(state_by_task: Callable[[str], dict], split: str) -> dict[str, float]:
+            split = report_split if split == "test" else split
             return {t: rts[t].evaluate(state_by_task(t), split)["accuracy"] for t in tasks}
 
         def add_row(method: str, budget: float, test: dict, val: dict | None = None, **extra):

@@ -21,7 +21,10 @@ A grid file is TOML (format documented in docs/experiments.md):
   cosine/PCA analyses; ``alpha-search`` (``"full"`` or ``"coarse-fine"``);
   ``alpha-grid`` (table method -> list of α) overrides the default grids; ``tune-examples``
   (int) tunes α on the first N validation examples per task; ``reuse-alpha-from-seed``
-  (int) gives other seeds the α that seed's cell chose instead of tuning again;
+  (int) gives other seeds the α that seed's cell chose instead of tuning again; ``tag`` and
+  ``[baselines.run-config]``: the block's own run-config keys (e.g. ``lr`` for joint training
+  with another learning rate), in cells of their own, ``baselines-s<seed>-<tag>``, whose rows
+  are labelled ``<method>+<tag>``;
 * any block may set ``priority`` (int; ATM blocks default 1, baselines 0): cells run in
   order of priority, then seed, baselines before ATM.
 
@@ -99,18 +102,27 @@ class BaselineCell:
     priority: int = field(default=0, compare=False)
     tune_examples: int = 0
     reuse_alpha_from_seed: int | None = None
+    tag: str = ""
+    overrides: tuple[tuple[str, Any], ...] = ()  # the block's own run-config keys (named by ``tag``)
 
     kind = "baselines"
 
+    @staticmethod
+    def id_of(seed: int, tag: str = "") -> str:
+        return f"baselines-s{seed}" + (f"-{tag}" if tag else "")
+
     @property
     def id(self) -> str:
-        return f"baselines-s{self.seed}"
+        return self.id_of(self.seed, self.tag)
+
+    def run_config(self, base: dict[str, Any]) -> dict[str, Any]:
+        return {**base, **dict(self.overrides)}
 
     def spec(self) -> dict[str, Any]:
         return {"seed": self.seed, "budgets": list(self.budgets),
                 "merges": {f"{b:g}": list(m) for b, m in self.merges.items()}, "joint": self.joint,
                 "replay": self.replay, "alpha-search": self.alpha_search, "alpha-grid": self.alpha_grid,
-                "tune-examples": self.tune_examples}
+                "tune-examples": self.tune_examples, "tag": self.tag}
 
 
 @dataclass
@@ -197,17 +209,32 @@ def load_grid(path: str | Path) -> Grid:
 
     from experiments.baselines import MERGES
 
-    per_seed: dict[int, dict[str, Any]] = {}
+    # One baselines cell per (seed, tag): blocks naming the same seed and tag are unioned.
+    per_seed: dict[tuple[int, str], dict[str, Any]] = {}
     for i, block in enumerate(raw.get("baselines", [])):
         where = f"{path}: [[baselines]] block {i + 1}"
         merges = tuple(block.get("merges", ()))
         bad = [m for m in merges if m not in MERGES]
         if bad:
             raise GridError(f"{where}: unknown merges {bad}; choose from {sorted(MERGES)}")
+        tag = str(block.get("tag", ""))
+        overrides = dict(block.get("run-config", {}))
+        bad = [k for k in overrides if k in PER_CELL_KEYS]
+        if bad:
+            raise GridError(f"{where}: run-config key(s) {bad} are set per cell by the sweep; remove them")
+        if overrides and not tag:
+            raise GridError(f"{where}: a block with its own [baselines.run-config] needs a 'tag' that names the "
+                            "variant (it becomes part of the cell ids)")
+        parse_run_config({**rc, **overrides})  # refuse bad keys before any training
         for seed in _list(block, "seeds", where):
-            d = per_seed.setdefault(int(seed), {"budgets": set(), "merges": {}, "joint": False, "replay": None,
-                                                "alpha-search": "coarse-fine", "alpha-grid": {}, "priority": None,
-                                                "tune-examples": 0, "reuse": None})
+            d = per_seed.setdefault((int(seed), tag), {"budgets": set(), "merges": {}, "joint": False, "replay": None,
+                                                       "alpha-search": "coarse-fine", "alpha-grid": {},
+                                                       "priority": None, "tune-examples": 0, "reuse": None,
+                                                       "overrides": {}})
+            if d["overrides"] and overrides and d["overrides"] != overrides:
+                raise GridError(f"{where}: tag {tag!r} already names other run-config keys {d['overrides']}; "
+                                "give this variant a tag of its own")
+            d["overrides"] = d["overrides"] or overrides
             d["tune-examples"] = int(block.get("tune-examples", d["tune-examples"]))
             if "reuse-alpha-from-seed" in block and int(block["reuse-alpha-from-seed"]) != int(seed):
                 d["reuse"] = int(block["reuse-alpha-from-seed"])
@@ -224,10 +251,10 @@ def load_grid(path: str | Path) -> Grid:
             d["alpha-grid"].update({k: [float(a) for a in v] for k, v in block.get("alpha-grid", {}).items()})
             if d["alpha-search"] not in ("full", "coarse-fine"):
                 raise GridError(f"{where}: alpha-search must be 'full' or 'coarse-fine'")
-    for seed, d in sorted(per_seed.items()):
+    for (seed, tag), d in sorted(per_seed.items()):
         cells.append(BaselineCell(seed, tuple(sorted(d["budgets"])), d["merges"], d["joint"], d["replay"],
                                   d["alpha-search"], d["alpha-grid"], d["priority"], d["tune-examples"],
-                                  d["reuse"]))
+                                  d["reuse"], tag, tuple(sorted(d["overrides"].items()))))
     # By block priority (lower first), then seed by seed with the baselines first (they give the
     # per-task references ATM cells are normalised by), so a sweep stopped early has complete seeds.
     cells.sort(key=lambda c: (c.priority, c.seed, c.kind != "baselines"))

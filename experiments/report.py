@@ -391,16 +391,17 @@ def tuning_table(sweep_dir: Path, cells: dict[str, dict[str, Any]]) -> list[str]
     if not rows:
         return []
     lines = ["## Tuning cells (validation split)", "",
-             "ATM cells run with `evaluate-split = \"val\"`: average validation accuracy after the last round, and "
-             "the lowest round's average minus round 0's (negative: the run fell below its start). Test numbers "
-             "are only ever reported for the settings chosen here.", "",
+             "Cells run with `evaluate-split = \"val\"`: for ATM, average validation accuracy after the last "
+             "round, and the lowest round's average minus round 0's (negative: the run fell below its start); for "
+             "a baselines cell (k = 0), joint training's and fine-tuning alone's average validation accuracy. "
+             "Test numbers are only ever reported for the settings chosen here.", "",
              "| cell | method | k | seed | α | validation accuracy (%) | lowest round minus round 0 |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: -r["val_average"]):
         curve = [a for a in r["curve"] if a is not None]
-        dip = 100 * (min(curve[1:]) - curve[0]) if len(curve) > 1 else float("nan")
+        dip = f"{100 * (min(curve[1:]) - curve[0]):+.1f}" if len(curve) > 1 else "–"
         lines.append(f"| {r['cell']} | {r['method']} | {r['rounds']} | {r['seed']} | {r['alpha']:g} | "
-                     f"{100 * r['val_average']:.1f} | {dip:+.1f} |")
+                     f"{100 * r['val_average']:.1f} | {dip} |")
     return lines + [""]
 
 

@@ -91,9 +91,9 @@ def run_cell(cell, grid: Grid, out: Path, flower: FlowerEnv | None) -> int:
         if grid.federation_config:
             cmd += ["--federation-config", grid.federation_config]
         return _run_logged(cmd, cdir / "log.txt", flower.env, grid.cell_timeout)
-    spec = {"run-config": grid.run_config, "baselines": cell.spec()}
+    spec = {"run-config": cell.run_config(grid.run_config), "baselines": cell.spec()}
     if cell.reuse_alpha_from_seed is not None:
-        spec["baselines"].update(reused_alphas(out / f"baselines-s{cell.reuse_alpha_from_seed}"))
+        spec["baselines"].update(reused_alphas(out / cell.id_of(cell.reuse_alpha_from_seed, cell.tag)))
     (cdir / "spec.json").write_text(json.dumps(spec, indent=1))
     cmd = [sys.executable, "-m", "experiments.baselines", "--spec", str(cdir / "spec.json"), "--out", str(cdir)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))}

@@ -358,3 +358,78 @@ def test_curves_leave_out_missing_and_unfinished_runs_with_a_message(tmp_path, c
     log_text = capfd.readouterr().err  # main() sets up the CLI's own stderr logging
     assert "absent.json: no such file" in log_text and "not finished" in log_text
     assert main([str(tmp_path / "absent.json")]) == 2
+
+
+TAGGED_GRID = """
+name = "t-tagged"
+[run-config]
+model-family = "tiny-mlp"
+tasks = "mnist,optdigits"
+max-train-examples = 32
+max-eval-examples = 32
+batch-size = 16
+lr = 0.001
+
+[[baselines]]
+seeds = [0]
+budgets = [1]
+joint = true
+tag = "lr0.01"
+[baselines.run-config]
+lr = 0.01
+
+[[baselines]]
+seeds = [0]
+budgets = [1]
+joint = true
+tag = "lr0.01-val"
+[baselines.run-config]
+lr = 0.01
+evaluate-split = "val"
+"""
+
+
+def test_tagged_baselines_cells_run_their_own_run_config(tmp_path):
+    """A baselines block with a tag and its own run-config (joint training at another lr) runs as a
+    cell of its own; its rows are labelled <method>+<tag> and never normalise other rows; with
+    evaluate-split = "val" it is a tuning cell, scored on validation only and left out of the test rows."""
+    from experiments.analyses import tuning_rows
+
+    (tmp_path / "grid.toml").write_text(TAGGED_GRID)
+    grid = load_grid(tmp_path / "grid.toml")
+    assert [c.id for c in grid.cells] == ["baselines-s0-lr0.01", "baselines-s0-lr0.01-val"]
+    out = tmp_path / "out"
+    summary = sweep_mod.run_sweep(grid, out)
+    assert all(v["status"] == "finished" for v in summary["cells"].values())
+    test_cell = json.loads((out / "baselines-s0-lr0.01" / "results.json").read_text())
+    val_cell = json.loads((out / "baselines-s0-lr0.01-val" / "results.json").read_text())
+    assert test_cell["config"]["lr"] == 0.01 and val_cell["config"]["lr"] == 0.01
+    # The test-split cell: rows labelled with the tag, not the reference for normalising.
+    methods = {r["method"] for r in summary["rows"]}
+    assert {"joint+lr0.01", "finetuned+lr0.01", "pretrained+lr0.01"} == methods
+    assert all(math.isnan(r["normalized"]) for r in summary["rows"])
+    assert all(r["cell"] == "baselines-s0-lr0.01" for r in summary["rows"])
+    # The tuning cell scored its reported rows on validation: each row's accuracy is its val accuracy.
+    for r in val_cell["rows"]:
+        if r["val_accuracy"] is not None:
+            assert r["accuracy"] == r["val_accuracy"]
+    tuned = {r["method"]: r for r in tuning_rows({"baselines-s0-lr0.01-val": val_cell,
+                                                  "baselines-s0-lr0.01": test_cell})}
+    assert set(tuned) == {"joint+lr0.01-val", "finetuned+lr0.01-val"}
+    joint_val = next(r for r in val_cell["rows"] if r["method"] == "joint")["val_accuracy"]
+    assert tuned["joint+lr0.01-val"]["val_average"] == pytest.approx(sum(joint_val.values()) / len(joint_val))
+
+
+@pytest.mark.parametrize("block, message", [
+    ('[[baselines]]\nseeds = [0]\nbudgets = [1]\n[baselines.run-config]\nlr = 0.01\n', "needs a 'tag'"),
+    ('[[baselines]]\nseeds = [0]\nbudgets = [1]\ntag = "x"\n[baselines.run-config]\nseed = 3\n', "set per cell"),
+    ('[[baselines]]\nseeds = [0]\nbudgets = [1]\ntag = "x"\n[baselines.run-config]\nlr = 0.01\n'
+     '[[baselines]]\nseeds = [0]\nbudgets = [1]\ntag = "x"\n[baselines.run-config]\nlr = 0.02\n', "tag of its own"),
+    ('[[baselines]]\nseeds = [0]\nbudgets = [1]\ntag = "x"\n[baselines.run-config]\nlr = -1\n', "lr"),
+])
+def test_tagged_baselines_blocks_are_checked(tmp_path, block, message):
+    from experiments.grid import GridError
+
+    (tmp_path / "grid.toml").write_text('name = "t"\n[run-config]\nmodel-family = "tiny-mlp"\n' + block)
+    with pytest.raises((GridError, ValueError), match=message):
+        load_grid(tmp_path / "grid.toml")
