@@ -350,7 +350,7 @@ def run_baselines(run_config: dict[str, Any], spec: dict[str, Any], out_dir: Pat
         def add_row(method: str, budget: float, test: dict, val: dict | None = None, **extra):
             result["rows"].append({"method": method, "budget": budget, "seed": seed, "accuracy": test,
                                    "val_accuracy": val, **extra})
-            log.info("%-24s budget %-4g test avg %.4f", method, budget, mean_of(test))
+            log.info("%-24s budget %-4g %s avg %.4f", method, budget, report_split, mean_of(test))
 
         with timed("evaluate pretrained"):
             pre_val = evaluate(lambda t: pre, "val")
