@@ -152,6 +152,22 @@ def _list(block: dict, key: str, where: str) -> list:
     return list(v) if isinstance(v, (list, tuple)) else [v]
 
 
+def _block_overrides(block: dict, kind: str, where: str, rc: dict[str, Any]) -> dict[str, Any]:
+    """A block's own ``[<kind>.run-config]`` keys, checked before any training."""
+    from atm_fl.config import parse_run_config
+
+    overrides = dict(block.get("run-config", {}))
+    bad = [k for k in overrides if k in PER_CELL_KEYS]
+    if bad:
+        raise GridError(f"{where}: run-config key(s) {bad} are set per cell by the sweep; use the block's own "
+                        "keys (seeds, budgets; for ATM methods, rounds, alpha, merge-params, train-split)")
+    if overrides and not block.get("tag"):
+        raise GridError(f"{where}: a block with its own [{kind}.run-config] needs a 'tag' that names the variant "
+                        "(it becomes part of the cell ids)")
+    parse_run_config({**rc, **overrides})  # refuse bad keys before any training
+    return overrides
+
+
 def load_grid(path: str | Path) -> Grid:
     """Parse and check a grid file (run-config keys are checked with ``atm_fl.config``)."""
     from atm_fl.config import parse_run_config
@@ -178,15 +194,7 @@ def load_grid(path: str | Path) -> Grid:
     for i, block in enumerate(raw.get("atm", [])):
         where = f"{path}: [[atm]] block {i + 1}"
         params = block.get("merge-params", {})
-        overrides = dict(block.get("run-config", {}))
-        bad = [k for k in overrides if k in PER_CELL_KEYS]
-        if bad:
-            raise GridError(f"{where}: run-config key(s) {bad} are set per cell by the sweep; use the block's own "
-                            "keys (methods, budgets, rounds, seeds, alpha, merge-params, train-split)")
-        if overrides and not block.get("tag"):
-            raise GridError(f"{where}: a block with its own [atm.run-config] needs a 'tag' that names the variant "
-                            "(it becomes part of the cell ids)")
-        parse_run_config({**rc, **overrides})  # refuse bad keys before any training
+        overrides = _block_overrides(block, "atm", where, rc)
         for method in _list(block, "methods", where):
             plugins.resolve_merge(method, params.get(method, ""))
             for budget in _list(block, "budgets", where):
@@ -218,14 +226,7 @@ def load_grid(path: str | Path) -> Grid:
         if bad:
             raise GridError(f"{where}: unknown merges {bad}; choose from {sorted(MERGES)}")
         tag = str(block.get("tag", ""))
-        overrides = dict(block.get("run-config", {}))
-        bad = [k for k in overrides if k in PER_CELL_KEYS]
-        if bad:
-            raise GridError(f"{where}: run-config key(s) {bad} are set per cell by the sweep; remove them")
-        if overrides and not tag:
-            raise GridError(f"{where}: a block with its own [baselines.run-config] needs a 'tag' that names the "
-                            "variant (it becomes part of the cell ids)")
-        parse_run_config({**rc, **overrides})  # refuse bad keys before any training
+        overrides = _block_overrides(block, "baselines", where, rc)
         for seed in _list(block, "seeds", where):
             d = per_seed.setdefault((int(seed), tag), {"budgets": set(), "merges": {}, "joint": False, "replay": None,
                                                        "alpha-search": "coarse-fine", "alpha-grid": {},
