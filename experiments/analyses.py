@@ -79,6 +79,12 @@ def atm_method(cell_id: str, cfg: dict[str, Any]) -> str:
     return method
 
 
+def baseline_method(res: dict[str, Any], method: str) -> str:
+    """A baselines cell's row label: ``<method>``, or ``<method>+<tag>`` for a grid block's variant."""
+    tag = (res.get("spec") or {}).get("tag", "")
+    return method + (f"+{tag}" if tag else "")
+
+
 def tuning_rows(cells: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Finished ATM cells scored on validation (``evaluate-split = val``): method, rounds, seed, final val average."""
     out = []
@@ -88,10 +94,9 @@ def tuning_rows(cells: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         if res.get("kind") == "baselines":
             # Joint training and fine-tuning alone in a tuning baselines cell (e.g. another lr).
-            tag = (res.get("spec") or {}).get("tag", "")
             for r in res["rows"]:
                 if r["method"] in ("joint", "finetuned"):
-                    out.append({"cell": cid, "method": r["method"] + (f"+{tag}" if tag else ""), "rounds": 0,
+                    out.append({"cell": cid, "method": baseline_method(res, r["method"]), "rounds": 0,
                                 "seed": int(res.get("seed", 0)), "alpha": float(r.get("alpha") or 1.0),
                                 "val_average": float(np.mean(list(r["accuracy"].values()))), "curve": []})
             continue
@@ -116,16 +121,15 @@ def collect_rows(cells: dict[str, dict[str, Any]]) -> tuple[list[dict[str, Any]]
         if res.get("kind") == "baselines":
             if res.get("config", {}).get("evaluate-split", "test") != "test":
                 continue  # a tuning cell, scored on validation: read by ``tuning_rows``
-            # A grid block's variant (tag, with its own run-config) labels its rows <method>+<tag>
-            # and never serves as the normalising reference.
-            tag = (res.get("spec") or {}).get("tag", "")
+            # A grid block's variant (tag, with its own run-config) never serves as the normalising reference.
+            tagged = bool((res.get("spec") or {}).get("tag"))
             for r in res["rows"]:
                 rounds = 1 if r["method"] not in ("pretrained", "finetuned", "joint") else 0
                 for task, acc in r["accuracy"].items():
-                    rows.append({"cell": cid, "source": "in-process", "method": r["method"] + (f"+{tag}" if tag else ""),
+                    rows.append({"cell": cid, "source": "in-process", "method": baseline_method(res, r["method"]),
                                  "budget": float(r["budget"]), "rounds": rounds, "seed": int(r["seed"]),
                                  "alpha": r.get("alpha", ""), "task": task, "accuracy": float(acc)})
-                if r["method"] == "finetuned" and not tag:
+                if r["method"] == "finetuned" and not tagged:
                     reference[(int(r["seed"]), float(r["budget"]))] = dict(r["accuracy"])
             for label, rep in res.get("replay", {}).items():
                 for pr in rep["per_round"]:

@@ -20,8 +20,8 @@ from experiments.grid import load_grid
 
 TASKS = ["mnist", "optdigits", "ising"]
 
-GRID = """
-name = "t"
+# The tiny backbone's run-config, shared by the test grids below.
+RUN_CONFIG = """
 [run-config]
 model-family = "tiny-mlp"
 tasks = "mnist,optdigits,ising"
@@ -29,7 +29,11 @@ max-train-examples = 32
 max-eval-examples = 32
 batch-size = 16
 lr = 0.001
+"""
 
+GRID = """
+name = "t"
+""" + RUN_CONFIG + """
 [[baselines]]
 seeds = [0]
 budgets = [1, 2]
@@ -374,14 +378,7 @@ def test_curves_leave_out_missing_and_unfinished_runs_with_a_message(tmp_path):
 
 TAGGED_GRID = """
 name = "t-tagged"
-[run-config]
-model-family = "tiny-mlp"
-tasks = "mnist,optdigits"
-max-train-examples = 32
-max-eval-examples = 32
-batch-size = 16
-lr = 0.001
-
+""" + RUN_CONFIG + """
 [[baselines]]
 seeds = [0]
 budgets = [1]
