@@ -23,16 +23,35 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def blas_kernels() -> list[str]:
+    """The BLAS libraries numpy and scipy load, with the CPU kernels each picked at run time.
+
+    The SVD merges run on these (LAPACK through numpy and scipy), and OpenBLAS picks its
+    kernels from the CPU it finds: the same merge gives other last bits under another kernel
+    (docs/results/README.md, "The SVD merges and the CPU"). Two "AMD EPYC" VMs can differ here.
+    """
+    try:
+        import numpy  # noqa: F401 - loads numpy's OpenBLAS
+        import scipy.linalg  # noqa: F401 - loads scipy's
+        from threadpoolctl import threadpool_info
+    except ImportError:  # pragma: no cover
+        return []
+    return sorted({f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')}"
+                   for i in threadpool_info() if i.get("user_api") == "blas"})
+
+
 def machine_info() -> dict[str, Any]:
-    """CPU, cores, 1/5/15-minute load average now, Python, torch (and its threads), flwr, OS."""
+    """CPU, cores, 1/5/15-minute load average now, Python, torch (threads, CPU kernels), BLAS kernels, flwr, OS."""
     info: dict[str, Any] = {"cpu": cpu_model(), "cores": os.cpu_count(), "load_average": list(os.getloadavg()),
                             "python": platform.python_version(), "platform": platform.platform()}
     try:
         import torch
 
-        info.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
+        info.update(torch=torch.__version__, torch_threads=torch.get_num_threads(),
+                    torch_cpu_capability=torch.backends.cpu.get_cpu_capability())
     except ImportError:  # pragma: no cover
         pass
+    info["blas"] = blas_kernels()
     try:
         import flwr
 

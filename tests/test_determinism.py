@@ -41,3 +41,14 @@ def test_same_seed_same_results_other_seed_other_results(tmp_path, identity):
     acc_c, _, model_c = run(tmp_path, "ccc", seed=8)
     assert any(not torch.equal(model_a[k], model_c[k]) for k in model_a if model_a[k].is_floating_point())
     assert acc_c != acc_a
+
+
+def test_svd_merges_repeat_bit_for_bit(tmp_path, identity):
+    # TSV-M and Iso-C run LAPACK (OpenBLAS) on worker threads over task vectors decoded from
+    # replies. On one machine they repeat to the bit, as the mean does; on another CPU,
+    # OpenBLAS's kernels may give other last bits (docs/results/README.md).
+    for method in ("tsv-m", "iso-c"):
+        acc_a, loss_a, model_a = run(tmp_path, f"{method}-a", seed=3, **{"merge-method": method})
+        acc_b, loss_b, model_b = run(tmp_path, f"{method}-bb", seed=3, **{"merge-method": method})
+        assert acc_a == acc_b and loss_a == loss_b, method
+        assert all(torch.equal(model_a[k], model_b[k]) for k in model_a), method

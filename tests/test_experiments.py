@@ -442,3 +442,33 @@ def test_tagged_baselines_blocks_are_checked(tmp_path, block, message):
     (tmp_path / "grid.toml").write_text('name = "t"\n[run-config]\nmodel-family = "tiny-mlp"\n' + block)
     with pytest.raises((GridError, ValueError), match=message):
         load_grid(tmp_path / "grid.toml")
+
+
+def test_machine_info_names_the_cpu_kernels_the_merges_run_on():
+    # Two VMs that both read "AMD EPYC" gave SVD merges other last bits; the BLAS kernels
+    # OpenBLAS picked are what tells such machines apart in a sweep's metadata.
+    from experiments.machine import machine_info
+
+    info = machine_info()
+    assert info["blas"] and all(len(k.split()) == 3 and "None" not in k for k in info["blas"]), info["blas"]
+    assert isinstance(info["torch_cpu_capability"], str) and info["torch_cpu_capability"]
+
+
+def test_compare_runs_finds_the_first_round_that_differs_and_ignores_time(tmp_path):
+    from experiments.compare_runs import compare, main
+
+    def run(norm: float, seconds: float, out: str) -> dict:
+        rounds = [{"round": r, "merge_seconds": seconds, "average_accuracy": 0.5 + seconds,
+                   "train": {"mnist": {"loss": 0.5, "update-norm": norm if r == 3 else 1.0, "seconds": seconds}},
+                   "eval": {"mnist": {"accuracy": 0.5, "seconds": seconds}}} for r in range(5)]
+        return {"rounds": rounds, "config": {"seed": 0, "output-dir": out}, "final": {"round": 4}}
+
+    a, b = run(1.0, 1.0, "x"), run(1.0, 2.0, "y")
+    assert compare(a, b) == []
+    c = run(1.5, 1.0, "x")
+    assert compare(a, c) == [("round 3.train.mnist.update-norm", 1.0, 1.5)]
+    for name, res in (("a", a), ("b", b), ("c", c)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(res))
+    assert main([str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
+    assert main([str(tmp_path / "a.json"), str(tmp_path / "c.json")]) == 1
+    assert main([str(tmp_path / "a.json"), str(tmp_path / "missing.json")]) == 2

@@ -257,6 +257,33 @@ def test_zero_tasks_give_zero_and_threads_do_not_change_the_result(method, monke
     assert torch.equal(FAST[method](vs, LAYOUT), one)
 
 
+def at_offset(v: torch.Tensor, byte_offset: int) -> torch.Tensor:
+    """A copy of v whose data starts ``byte_offset`` bytes past a 64-byte boundary.
+
+    Task vectors decoded from a reply lie wherever the message's bytes were: not on the
+    64-byte boundaries torch allocates on.
+    """
+    buf = torch.empty(v.numel() + 16, dtype=torch.float32)
+    out = buf[byte_offset // 4:byte_offset // 4 + v.numel()]
+    out.copy_(v)
+    assert out.data_ptr() % 64 == byte_offset % 64
+    return out
+
+
+@pytest.mark.parametrize("method", list(FAST))
+def test_where_the_vectors_lie_in_memory_does_not_change_the_result(method):
+    # Matrices large enough for the BLAS kernels' vector paths; a repeated call comes after
+    # other allocations, as a run's later rounds do.
+    layout = [("a.weight", (96, 64)), ("b.weight", (64, 160)), ("b.bias", (64,))]
+    d = sum(math.prod(s) for _, s in layout)
+    g = torch.Generator().manual_seed(5)
+    vs = [torch.randn(d, generator=g) for _ in range(4)]
+    want = FAST[method](vs, layout)
+    for off in (4, 16, 36):
+        assert torch.equal(FAST[method]([at_offset(v, off) for v in vs], layout), want), off
+    assert torch.equal(FAST[method](vs, layout), want)
+
+
 @pytest.mark.parametrize("call, word", [
     (lambda vs: svd.merge_tsv(vs, LAYOUT, share=1.5), "share"),
     (lambda vs: svd.merge_iso_cts(vs, LAYOUT, common=-0.1), "common"),
