@@ -37,6 +37,10 @@ from experiments.machine import code_version, machine_info
 
 log = logging.getLogger("experiments.sweep")
 
+# Seconds a cell gets to end after the sweep passes it a Ctrl-C: `atm-fl run` waits up to 60 s
+# for its stopped run to be listed as finished on the SuperLink.
+INTERRUPT_GRACE = 90.0
+
 
 def is_finished(cell_dir: Path) -> bool:
     """True when ``cell_dir/results.json`` says ``status: finished`` and, for an ATM run, its last
@@ -78,6 +82,29 @@ def _run_logged(cmd: list[str], log_path: Path, env: dict[str, str], timeout: fl
             proc.wait(30)
             fh.write(f"\n[sweep] killed after {timeout:g}s (cell-timeout)\n")
             return 124
+        except KeyboardInterrupt:
+            # The cell runs in a session of its own (a cell-timeout ends its whole group), so a
+            # Ctrl-C at the terminal reaches only the sweep: pass it on, as if the cell had the
+            # terminal. `atm-fl run` then stops its run on the SuperLink and exits.
+            _interrupt(proc, fh)
+            raise
+
+
+def _interrupt(proc: subprocess.Popen, fh) -> None:
+    """SIGINT to the cell's process group; SIGTERM if it has not ended after ``INTERRUPT_GRACE`` s, SIGKILL 10 s later."""
+    for sig, wait in ((signal.SIGINT, INTERRUPT_GRACE), (signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+        except KeyboardInterrupt:  # a second Ctrl-C: stop waiting politely
+            continue
+    fh.write(f"\n[sweep] interrupted (Ctrl-C); the cell exited {proc.poll()}\n")
 
 
 def run_cell(cell, grid: Grid, out: Path, flower: FlowerEnv | None) -> int:
@@ -262,7 +289,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.collect:
         collect(out, grid)
         return 0
-    summary = run_sweep(grid, out, args.only)
+    try:
+        summary = run_sweep(grid, out, args.only)
+    except KeyboardInterrupt:
+        log.error("sweep %s interrupted: the running cell is left unfinished; finished cells are kept. "
+                  "Run the same command again to continue.", grid.name)
+        return 130
     bad = [k for k, v in summary["cells"].items() if v["status"] != "finished"]
     return 1 if bad else 0
 

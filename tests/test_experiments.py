@@ -472,3 +472,36 @@ def test_compare_runs_finds_the_first_round_that_differs_and_ignores_time(tmp_pa
     assert main([str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
     assert main([str(tmp_path / "a.json"), str(tmp_path / "c.json")]) == 1
     assert main([str(tmp_path / "a.json"), str(tmp_path / "missing.json")]) == 2
+
+
+@pytest.mark.parametrize("child_on_sigint, child_exit", [("exit", 130), ("ignore", -15)])
+def test_ctrl_c_on_a_sweep_reaches_the_running_cell(tmp_path, child_on_sigint, child_exit):
+    # A cell runs in a session of its own, so the terminal's Ctrl-C reaches only the sweep; the
+    # sweep passes it on, and ends a cell that ignores it with SIGTERM after the grace period.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from experiments.grid import ROOT
+
+    ready, got = tmp_path / "ready", tmp_path / "got-sigint"
+    child = (f"import signal, sys, time, pathlib\n"
+             f"def on_int(*_):\n    pathlib.Path({str(got)!r}).touch(); sys.exit(130)\n"
+             f"signal.signal(signal.SIGINT, on_int if {child_on_sigint!r} == 'exit' else signal.SIG_IGN)\n"
+             f"pathlib.Path({str(ready)!r}).touch()\n"
+             f"time.sleep(120)\n")
+    sweep = (f"import os, sys\nimport experiments.sweep as sw\nsw.INTERRUPT_GRACE = 2.0\n"
+             f"try:\n    sw._run_logged([sys.executable, '-c', {child!r}], sw.Path({str(tmp_path / 'log.txt')!r}), "
+             f"dict(os.environ), 600)\nexcept KeyboardInterrupt:\n    sys.exit(3)\n")
+    proc = subprocess.Popen([sys.executable, "-c", sweep], cwd=ROOT)
+    deadline = time.monotonic() + 60
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ready.exists()
+    os.kill(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=60) == 3
+    log_text = (tmp_path / "log.txt").read_text()
+    assert f"[sweep] interrupted (Ctrl-C); the cell exited {child_exit}" in log_text, log_text
+    assert got.exists() == (child_on_sigint == "exit")
