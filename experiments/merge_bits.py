@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 import os
 import subprocess
@@ -32,16 +31,13 @@ SHAPES = [("attn.in_proj_weight", (2304, 768)), ("mlp.c_fc.weight", (3072, 768))
 
 
 def merges(methods: list[str], tasks: int = 8, seed: int = 0) -> dict:
-    """Each method's merge of seeded, low-rank-plus-noise task vectors."""
+    """Each merge method's result (the plugin registry's, at its defaults) on seeded, low-rank-plus-noise task vectors."""
     import torch
 
-    from atm_fl.merge import merge_mean, svd
+    from atm_fl.plugins import MergeContext, resolve_merge
+    from atm_fl.task_vector import Layout
 
-    fns = {"mean": lambda vs, lay: merge_mean(vs), "tsv-m": svd.merge_tsv, "iso-c": svd.merge_iso_c,
-           "iso-cts": svd.merge_iso_cts}
-    unknown = [m for m in methods if m not in fns]
-    if unknown:
-        raise ValueError(f"methods {unknown} are not known here; valid: {', '.join(fns)}")
+    plugins = {m: resolve_merge(m) for m in methods}  # an unknown name fails here, naming the valid ones
     g = torch.Generator().manual_seed(seed)
     vectors = []
     for _ in range(tasks):
@@ -53,7 +49,9 @@ def merges(methods: list[str], tasks: int = 8, seed: int = 0) -> dict:
             else:
                 parts.append(torch.randn(*shape, generator=g) * 1e-3)
         vectors.append(torch.cat(parts))
-    return {m: fns[m](vectors, SHAPES) for m in methods}
+    ctx = MergeContext(layout=Layout(tuple(SHAPES)), tasks=tuple(f"t{i}" for i in range(tasks)), server_round=1,
+                       seed=seed)
+    return {m: method(vectors, ctx, **params) for m, (method, params) in plugins.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,45 +62,49 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kernels", default="Haswell,Zen,SkylakeX,Sandybridge",
                    help="OPENBLAS_CORETYPE values to try besides the default (default: %(default)s)")
-    p.add_argument("--methods", default="mean,tsv-m,iso-c", help="merges to hash (default: %(default)s)")
+    p.add_argument("--methods", default="mean,tsv-m,iso-c",
+                   help="merge methods (merge-method names) to hash (default: %(default)s)")
     p.add_argument("--child", default="", help=argparse.SUPPRESS)  # a folder for one kernel's merges
     args = p.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if args.child:  # one kernel: save the merges, print the hashes as JSON for the parent
-        import torch
-
-        from experiments.machine import blas_kernels
-
-        out = merges(methods)
-        torch.save(out, Path(args.child) / "merges.pt")
-        hashes = {m: hashlib.sha1(v.numpy().tobytes()).hexdigest()[:12] for m, v in out.items()}
-        print(json.dumps({"blas": blas_kernels(), "hashes": hashes}))  # the parent reads stdout
-        return 0
     import torch
 
-    rows, first = {}, None
-    tmp = tempfile.TemporaryDirectory(prefix="merge-bits-")
-    for kernel in ["default"] + [k.strip() for k in args.kernels.split(",") if k.strip()]:
-        env = dict(os.environ)
-        env.pop("OPENBLAS_CORETYPE", None)
-        if kernel != "default":
-            env["OPENBLAS_CORETYPE"] = kernel
-        proc = subprocess.run([sys.executable, "-m", "experiments.merge_bits", "--child", tmp.name,
-                               "--methods", ",".join(methods)], env=env, capture_output=True, text=True)
-        if proc.returncode != 0:
-            log.warning("%s: this CPU cannot run it (exit %d)", kernel, proc.returncode)
-            continue
-        rows[kernel] = json.loads(proc.stdout.strip().splitlines()[-1])
-        got = torch.load(Path(tmp.name) / "merges.pt")
-        first = first or got
-        # How far from the first kernel's merge: ||a - b|| / ||a||.
-        rel = {m: float((got[m] - first[m]).norm() / first[m].norm().clamp_min(1e-30)) for m in methods}
-        log.info("%-12s %s | %s", kernel, "; ".join(rows[kernel]["blas"]),
-                 "  ".join(f"{m} {h} ({rel[m]:.1e})" for m, h in rows[kernel]["hashes"].items()))
-    tmp.cleanup()
+    from atm_fl.plugins import PluginError, resolve_merge
+
+    if args.child:  # one kernel: save its BLAS and its merges for the parent
+        from experiments.machine import blas_kernels
+
+        torch.save({"blas": blas_kernels(), "merges": merges(methods)}, Path(args.child) / "merges.pt")
+        return 0
+    try:  # a bad name fails here, not as a child's exit status under every kernel
+        for m in methods:
+            resolve_merge(m)
+    except PluginError as exc:
+        log.error("--methods: %s", exc)
+        return 2
+    hashes: dict[str, dict[str, str]] = {}
+    first = None
+    with tempfile.TemporaryDirectory(prefix="merge-bits-") as tmp:
+        for kernel in ["default"] + [k.strip() for k in args.kernels.split(",") if k.strip()]:
+            env = dict(os.environ)
+            env.pop("OPENBLAS_CORETYPE", None)
+            if kernel != "default":
+                env["OPENBLAS_CORETYPE"] = kernel
+            proc = subprocess.run([sys.executable, "-m", "experiments.merge_bits", "--child", tmp,
+                                   "--methods", ",".join(methods)], env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                log.warning("%s: this CPU cannot run it (exit %d)", kernel, proc.returncode)
+                continue
+            got = torch.load(Path(tmp) / "merges.pt")
+            first = first or got["merges"]
+            hashes[kernel] = {m: hashlib.sha1(v.numpy().tobytes()).hexdigest()[:12] for m, v in got["merges"].items()}
+            # How far from the first kernel's merge: ||a - b|| / ||a||.
+            rel = {m: float((v - first[m]).norm() / first[m].norm().clamp_min(1e-30)) for m, v in got["merges"].items()}
+            log.info("%-12s %s | %s", kernel, "; ".join(got["blas"]),
+                     "  ".join(f"{m} {h} ({rel[m]:.1e})" for m, h in hashes[kernel].items()))
     for m in methods:
-        distinct = len({r["hashes"][m] for r in rows.values()})
-        log.info("%s: %d distinct result(s) over %d kernels", m, distinct, len(rows))
+        distinct = len({h[m] for h in hashes.values()})
+        log.info("%s: %d distinct result(s) over %d kernels", m, distinct, len(hashes))
     return 0
 
 
